@@ -1,0 +1,478 @@
+//! Content-addressed blob storage shared by every service, over the `object_store` crate: a local
+//! directory under the data directory by default, or any S3-compatible bucket by URL.
+//!
+//! Bytes live at `sha256/<first two hex digits>/<64 hex digits>`. A put streams the bytes while
+//! hashing them with SHA-256. Blobs up to [`SMALL_BLOB`] are hashed in memory and written straight
+//! to their address in one atomic put; larger ones go to `tmp/<uuid>` as a multipart upload and
+//! are moved to their address only once complete, so a reader never sees a partial blob and an
+//! interrupted upload leaves at most a temporary object, which [`BlobStore::remove_stale_uploads`]
+//! removes. Identical contents are stored once. A get re-hashes the bytes as it streams them and
+//! ends the stream with DATA_LOSS if they do not match their address.
+
+use std::{fmt, pin::Pin, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, local::LocalFileSystem,
+    path::Path as StorePath,
+};
+use ring::digest;
+
+use crate::error::{Error, Result};
+
+/// Blobs up to this size are buffered and written in one put; larger ones are streamed.
+pub const SMALL_BLOB: usize = 8 * 1024 * 1024;
+/// Part size of multipart uploads (S3 requires at least 5 MiB).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploaded concurrently per blob.
+const PART_CONCURRENCY: usize = 2;
+
+/// A SHA-256 digest: the address of a blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256([u8; 32]);
+
+impl Sha256 {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Sha256(bytes)
+    }
+
+    /// Parses raw bytes (e.g. a `bytea` column or a protobuf `bytes` field).
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Sha256)
+    }
+
+    /// Parses 64 lowercase or uppercase hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(Sha256(out))
+    }
+
+    pub fn of(bytes: &[u8]) -> Self {
+        Sha256::from_context(digest::digest(&digest::SHA256, bytes))
+    }
+
+    fn from_context(digest: digest::Digest) -> Self {
+        Sha256(digest.as_ref().try_into().expect("SHA-256 is 32 bytes"))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn location(&self) -> StorePath {
+        let hex = self.to_hex();
+        StorePath::from(format!("sha256/{}/{hex}", &hex[..2]))
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({})", self.to_hex())
+    }
+}
+
+/// What a put stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub sha256: Sha256,
+    pub size: u64,
+}
+
+/// A stream of blob bytes; an error item ends it.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl BlobStore {
+    /// A store in a local directory, created if missing.
+    pub fn local(dir: &std::path::Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let store = LocalFileSystem::new_with_prefix(dir)?;
+        Ok(BlobStore {
+            store: Arc::new(store),
+            description: format!("file://{}", dir.display()),
+        })
+    }
+
+    /// A store from a URL (`file:///dir`, `s3://bucket/prefix`, `memory:///`). Options for S3
+    /// come from the `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`...).
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("QUINTET_BLOB_URL is not a URL ({e})"))?;
+        if parsed.scheme() == "file" {
+            let dir = parsed
+                .to_file_path()
+                .map_err(|_| anyhow::anyhow!("QUINTET_BLOB_URL: not a local path: {url}"))?;
+            return Self::local(&dir);
+        }
+        let options = std::env::vars()
+            .filter(|(key, _)| key.starts_with("AWS_"))
+            .map(|(key, value)| (key.to_ascii_lowercase(), value));
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|e| anyhow::anyhow!("QUINTET_BLOB_URL {url}: {e}"))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(BlobStore {
+            store,
+            description: parsed.to_string(),
+        })
+    }
+
+    /// Stores a stream of bytes, refusing with INVALID_ARGUMENT on `field` once it exceeds
+    /// `max_size`. An error item from the stream aborts the put and is returned unchanged.
+    pub async fn put<S>(&self, bytes: S, max_size: u64, field: &str) -> Result<BlobInfo>
+    where
+        S: Stream<Item = Result<Bytes>> + Send,
+    {
+        let mut bytes = std::pin::pin!(bytes);
+        let mut hasher = digest::Context::new(&digest::SHA256);
+        let mut size = 0u64;
+        let mut head = BytesMut::new();
+        let too_large = || Error::invalid_argument(field, format!("larger than {max_size} bytes"));
+
+        // Small blobs: hash in memory, then one atomic put at their address.
+        while head.len() <= SMALL_BLOB {
+            match bytes.next().await.transpose()? {
+                Some(chunk) => {
+                    size += chunk.len() as u64;
+                    if size > max_size {
+                        return Err(too_large());
+                    }
+                    hasher.update(&chunk);
+                    head.extend_from_slice(&chunk);
+                }
+                None => {
+                    let sha256 = Sha256::from_context(hasher.finish());
+                    let location = sha256.location();
+                    if !self.exists_at(&location).await? {
+                        self.store
+                            .put(&location, PutPayload::from(head.freeze()))
+                            .await
+                            .map_err(storage_error)?;
+                    }
+                    return Ok(BlobInfo { sha256, size });
+                }
+            }
+        }
+
+        // Large blobs: multipart upload to a temporary name, moved into place once complete.
+        let temporary = StorePath::from(format!("tmp/{}", uuid::Uuid::new_v4()));
+        let upload = self
+            .store
+            .put_multipart(&temporary)
+            .await
+            .map_err(storage_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        writer.put(head.freeze());
+        let streamed: Result<()> = async {
+            while let Some(chunk) = bytes.next().await.transpose()? {
+                size += chunk.len() as u64;
+                if size > max_size {
+                    return Err(too_large());
+                }
+                hasher.update(&chunk);
+                writer
+                    .wait_for_capacity(PART_CONCURRENCY)
+                    .await
+                    .map_err(storage_error)?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = streamed {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer.finish().await.map_err(storage_error)?;
+        let sha256 = Sha256::from_context(hasher.finish());
+        self.move_into_place(&temporary, &sha256.location()).await?;
+        Ok(BlobInfo { sha256, size })
+    }
+
+    /// Stores bytes already in memory.
+    pub async fn put_bytes(&self, bytes: Bytes) -> Result<BlobInfo> {
+        let len = bytes.len() as u64;
+        self.put(futures::stream::once(async { Ok(bytes) }), len, "bytes")
+            .await
+    }
+
+    async fn move_into_place(&self, temporary: &StorePath, location: &StorePath) -> Result<()> {
+        match self.store.rename_if_not_exists(temporary, location).await {
+            Ok(()) => Ok(()),
+            // Someone stored the same bytes first: theirs are ours.
+            Err(object_store::Error::AlreadyExists { .. }) => self.delete_quietly(temporary).await,
+            // Stores without an atomic create-if-absent (plain S3): the address names the bytes,
+            // so overwriting identical bytes is harmless.
+            Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. }) => {
+                self.store
+                    .rename(temporary, location)
+                    .await
+                    .map_err(storage_error)
+            }
+            Err(e) => {
+                self.delete_quietly(temporary).await?;
+                Err(storage_error(e))
+            }
+        }
+    }
+
+    async fn delete_quietly(&self, location: &StorePath) -> Result<()> {
+        match self.store.delete(location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    async fn exists_at(&self, location: &StorePath) -> Result<bool> {
+        match self.store.head(location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    pub async fn exists(&self, sha256: &Sha256) -> Result<bool> {
+        self.exists_at(&sha256.location()).await
+    }
+
+    /// The blob's bytes, verified against its address as they stream: if they do not hash to
+    /// `sha256`, the stream's last item is DATA_LOSS. NOT_FOUND if there is no such blob.
+    pub async fn get(&self, sha256: &Sha256) -> Result<(u64, ByteStream)> {
+        let result = match self.store.get(&sha256.location()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::not_found("blob", sha256.to_hex()));
+            }
+            Err(e) => return Err(storage_error(e)),
+        };
+        let size = result.meta.size;
+        let expected = *sha256;
+        let inner = result.into_stream().map_err(storage_error);
+        let stream = futures::stream::unfold(
+            (inner.boxed(), Some(digest::Context::new(&digest::SHA256))),
+            move |(mut inner, hasher)| async move {
+                let mut hasher = hasher?;
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), (inner, Some(hasher))))
+                    }
+                    Some(Err(e)) => Some((Err(e), (inner, None))),
+                    None if Sha256::from_context(hasher.finish()) == expected => None,
+                    None => Some((
+                        Err(Error::DataLoss(format!(
+                            "blob {expected}: stored bytes do not match their SHA-256"
+                        ))),
+                        (inner, None),
+                    )),
+                }
+            },
+        );
+        Ok((size, Box::pin(stream)))
+    }
+
+    /// Reads a whole blob into memory, verified. For small blobs only.
+    pub async fn get_bytes(&self, sha256: &Sha256) -> Result<Bytes> {
+        let (size, stream) = self.get(sha256).await?;
+        let mut out = BytesMut::with_capacity(size as usize);
+        let mut stream = stream;
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Removes a blob; removing a missing blob succeeds. Callers decide whether anything still
+    /// references it.
+    pub async fn delete(&self, sha256: &Sha256) -> Result<()> {
+        self.delete_quietly(&sha256.location()).await
+    }
+
+    /// Removes temporary objects of uploads that started more than `older_than` ago and never
+    /// completed (a client that vanished, a killed server). Returns how many were removed.
+    pub async fn remove_stale_uploads(&self, older_than: Duration) -> Result<usize> {
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let prefix = StorePath::from("tmp");
+        let stale: Vec<StorePath> = self
+            .store
+            .list(Some(&prefix))
+            .try_filter_map(|meta| async move {
+                Ok((std::time::SystemTime::from(meta.last_modified) < cutoff).then_some(meta.location))
+            })
+            .try_collect()
+            .await
+            .map_err(storage_error)?;
+        for location in &stale {
+            self.delete_quietly(location).await?;
+        }
+        Ok(stale.len())
+    }
+}
+
+
+fn storage_error(error: object_store::Error) -> Error {
+    match error {
+        object_store::Error::NotFound { path, .. } => Error::not_found("blob", path),
+        other => Error::Unavailable(format!("blob storage: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8], size: usize) -> impl Stream<Item = Result<Bytes>> + Send + use<> {
+        let parts: Vec<Result<Bytes>> = data
+            .chunks(size.max(1))
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(parts)
+    }
+
+    fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(d).unwrap().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    out.push(entry.path());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let digest = Sha256::of(b"abc");
+        assert_eq!(
+            digest.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Sha256::from_hex(&digest.to_hex()), Some(digest));
+        assert_eq!(Sha256::from_hex("zz"), None);
+        assert_eq!(Sha256::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[tokio::test]
+    async fn small_and_large_blobs_round_trip_at_their_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        for (len, chunk) in [(0usize, 1usize), (3, 1), (SMALL_BLOB + PART_SIZE * 2 + 17, 100_003)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let info = store.put(chunks(&data, chunk), u64::MAX, "data").await.unwrap();
+            assert_eq!(info.size, len as u64);
+            assert_eq!(info.sha256, Sha256::of(&data));
+            assert_eq!(store.get_bytes(&info.sha256).await.unwrap(), data);
+            let hex = info.sha256.to_hex();
+            assert!(dir.path().join("sha256").join(&hex[..2]).join(&hex).is_file());
+        }
+        // Nothing temporary is left behind.
+        assert!(files_under(dir.path()).iter().all(|p| p.starts_with(dir.path().join("sha256"))));
+    }
+
+    #[tokio::test]
+    async fn identical_contents_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let data = vec![7u8; SMALL_BLOB + 1];
+        let a = store.put(chunks(&data, 1 << 20), u64::MAX, "data").await.unwrap();
+        let b = store.put(chunks(&data, 3 << 20), u64::MAX, "data").await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(files_under(dir.path()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn oversize_and_failed_uploads_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let data = vec![1u8; SMALL_BLOB * 2];
+        let error = store.put(chunks(&data, 1 << 20), 1000, "tarball").await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.to_string().starts_with("tarball:"));
+
+        let failing = chunks(&data, 1 << 20).chain(futures::stream::once(async {
+            Err(Error::Cancelled("client went away".into()))
+        }));
+        let error = store.put(failing, u64::MAX, "data").await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Cancelled);
+        assert!(files_under(dir.path()).is_empty(), "{:?}", files_under(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn corrupted_bytes_end_the_stream_with_data_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let info = store.put_bytes(Bytes::from_static(b"precious bytes")).await.unwrap();
+        let hex = info.sha256.to_hex();
+        let path = dir.path().join("sha256").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+        let error = store.get_bytes(&info.sha256).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::DataLoss);
+    }
+
+    #[tokio::test]
+    async fn missing_blob_is_not_found_and_delete_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let missing = Sha256::of(b"never stored");
+        assert_eq!(store.get(&missing).await.unwrap_err().code(), tonic::Code::NotFound);
+        assert!(!store.exists(&missing).await.unwrap());
+        let info = store.put_bytes(Bytes::from_static(b"x")).await.unwrap();
+        assert!(store.exists(&info.sha256).await.unwrap());
+        store.delete(&info.sha256).await.unwrap();
+        store.delete(&info.sha256).await.unwrap();
+        assert!(!store.exists(&info.sha256).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn stale_temporary_uploads_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        store
+            .store
+            .put(&StorePath::from("tmp/abandoned"), PutPayload::from_static(b"partial"))
+            .await
+            .unwrap();
+        assert_eq!(store.remove_stale_uploads(Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(store.remove_stale_uploads(Duration::ZERO).await.unwrap(), 1);
+        assert!(files_under(dir.path()).is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! Command line and environment configuration. Every setting is a flag with an environment
+//! fallback, and every default works on a developer machine with no configuration at all.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::auth::Secret;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quintet",
+    version,
+    about = "One gRPC server hosting five services (registry, store, market, griot, pds) over one PostgreSQL database",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default when no subcommand is given).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the gRPC listener (plain HTTP/2, h2c).
+    #[arg(long, env = "QUINTET_LISTEN", default_value = "127.0.0.1:50051", global = true)]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL server to use. When unset, quintet runs its own cluster under the data directory.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded PostgreSQL cluster, local blobs and the generated admin token.
+    #[arg(long, env = "QUINTET_DATA_DIR", default_value = "quintet-data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Log filter, in `tracing`'s EnvFilter syntax (e.g. `info,quintet=debug`).
+    #[arg(long, env = "QUINTET_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "QUINTET_LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    pub log_format: LogFormat,
+
+    /// Address of the Prometheus metrics endpoint (HTTP, `/metrics`). Off when unset.
+    #[arg(long, env = "QUINTET_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Admin token. When unset, one is generated on first start and written to
+    /// `<data dir>/admin-token` (mode 0600).
+    #[arg(long, env = "QUINTET_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Blob storage URL (`file:///path`, `s3://bucket/prefix` with the usual `AWS_*` variables,
+    /// e.g. `AWS_ENDPOINT` for an S3-compatible server). Default: `<data dir>/blobs`.
+    #[arg(long, env = "QUINTET_BLOB_URL", global = true)]
+    pub blob_url: Option<String>,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "QUINTET_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Upper bound on any request's handling time in seconds; a shorter client `grpc-timeout` wins.
+    #[arg(long, env = "QUINTET_REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    pub request_timeout_secs: u64,
+
+    /// Requests handled at once across all connections; more wait for a slot.
+    #[arg(long, env = "QUINTET_CONCURRENCY_LIMIT", default_value_t = 1024, global = true)]
+    pub concurrency_limit: usize,
+
+    /// Largest number of database connections this process opens.
+    #[arg(long, env = "QUINTET_DB_MAX_CONNECTIONS", default_value_t = 32, global = true)]
+    pub db_max_connections: u32,
+
+    /// How long a graceful shutdown may take before in-flight calls are dropped, in seconds.
+    #[arg(long, env = "QUINTET_SHUTDOWN_GRACE_SECS", default_value_t = 10, global = true)]
+    pub shutdown_grace_secs: u64,
+
+    /// Directory holding the PostgreSQL server binaries (`initdb`, `postgres`) for the embedded
+    /// cluster. Default: `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
+    #[arg(long, env = "QUINTET_PG_BINDIR", global = true)]
+    pub pg_bindir: Option<PathBuf>,
+
+    /// System user that runs the embedded PostgreSQL when quintet itself runs as root
+    /// (PostgreSQL refuses to run as root).
+    #[arg(long, env = "QUINTET_PG_USER", default_value = "postgres", global = true)]
+    pub pg_user: String,
+}
+
+impl Config {
+    /// The configuration `quintet` gets with no flags: defaults plus the environment.
+    pub fn from_env() -> Self {
+        Cli::parse_from(["quintet"]).config
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subcommand_defaults_to_serve_and_flags_work_after_it() {
+        let cli = Cli::parse_from(["quintet", "migrate", "--listen", "127.0.0.1:1"]);
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        assert_eq!(cli.config.listen.port(), 1);
+        assert!(Cli::parse_from(["quintet"]).command.is_none());
+    }
+
+    #[test]
+    fn admin_token_debug_is_redacted() {
+        let cli = Cli::parse_from(["quintet", "--admin-token", "very-secret-value"]);
+        assert!(!format!("{cli:?}").contains("very-secret-value"));
+    }
+}

@@ -1,0 +1,151 @@
+//! Cross-replica wake-ups over PostgreSQL `LISTEN/NOTIFY`.
+//!
+//! Live streams never trust process memory for what happened: they read rows from a cursor, and
+//! use notifications only to learn *when* to read again. A writer calls [`notify`] inside the
+//! transaction that stores its rows, so the notification is delivered, to every replica, only
+//! after the rows are committed. Each process keeps one listening connection ([`Notifier`]) and
+//! fans notifications out to local subscribers. Whenever notifications may have been lost (the
+//! listening connection dropped, or a subscriber fell behind) subscribers receive
+//! [`Notification::Resync`] and must re-read from their cursor.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{PgExecutor, PgPool, postgres::PgListener};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// Notifications buffered per subscriber before it is told to resync.
+const BUFFER: usize = 4096;
+/// PostgreSQL refuses payloads of 8000 bytes or more.
+pub const MAX_PAYLOAD: usize = 7999;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// A `NOTIFY` on one of the channels.
+    Message {
+        channel: Arc<str>,
+        payload: Arc<str>,
+    },
+    /// Notifications may have been missed: re-read from your cursor.
+    Resync,
+}
+
+/// One process's listening connection, shared by all its subscribers.
+#[derive(Clone)]
+pub struct Notifier {
+    sender: broadcast::Sender<Notification>,
+}
+
+impl Notifier {
+    /// Listens on `channels` (each service declares the channels it uses) until `shutdown`.
+    /// Returns once the `LISTEN`s are active: a subscriber that subscribes and then reads misses
+    /// nothing committed after its read.
+    pub async fn start(
+        pool: &PgPool,
+        channels: &[&str],
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
+        listener.listen_all(channels.iter().map(String::as_str)).await?;
+        let (sender, _) = broadcast::channel(BUFFER);
+        let notifier = Notifier {
+            sender: sender.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    received = listener.try_recv() => received,
+                };
+                match received {
+                    Ok(Some(notification)) => {
+                        let _ = sender.send(Notification::Message {
+                            channel: notification.channel().into(),
+                            payload: notification.payload().into(),
+                        });
+                    }
+                    // The connection dropped and was re-established with the same LISTENs;
+                    // whatever was sent in between is lost.
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection was lost and re-established");
+                        let _ = sender.send(Notification::Resync);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "LISTEN connection failed; reconnecting");
+                        let _ = sender.send(Notification::Resync);
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            if listener
+                                .listen_all(channels.iter().map(String::as_str))
+                                .await
+                                .is_ok()
+                            {
+                                tracing::info!("LISTEN connection re-established");
+                                let _ = sender.send(Notification::Resync);
+                                break;
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(notifier)
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.sender.subscribe(),
+        }
+    }
+}
+
+pub struct Subscription {
+    receiver: broadcast::Receiver<Notification>,
+}
+
+impl Subscription {
+    /// The next notification; [`Notification::Resync`] if this subscriber fell behind. `None`
+    /// once the notifier has stopped.
+    pub async fn recv(&mut self) -> Option<Notification> {
+        match self.receiver.recv().await {
+            Ok(notification) => Some(notification),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Notification::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next notification on `channel` (or a resync), skipping other channels.
+    pub async fn recv_on(&mut self, channel: &str) -> Option<Notification> {
+        loop {
+            match self.recv().await? {
+                Notification::Message { channel: c, .. } if &*c != channel => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+/// Sends `payload` on `channel`. Inside a transaction it is delivered on commit, and not at all
+/// on rollback.
+pub async fn notify<'e, E: PgExecutor<'e>>(executor: E, channel: &str, payload: &str) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(Error::internal(anyhow::anyhow!(
+            "notification payload of {} bytes on {channel} exceeds PostgreSQL's limit",
+            payload.len()
+        )));
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(executor)
+        .await?;
+    Ok(())
+}

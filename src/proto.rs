@@ -1,0 +1,14 @@
+//! The only place generated protobuf code is included. Modules mirror the proto packages.
+
+pub mod quintet {
+    pub mod admin {
+        pub mod v1 {
+            tonic::include_proto!("quintet.admin.v1");
+        }
+    }
+}
+
+/// The encoded descriptor set of every quintet proto (with imports and comments), served by
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/quintet_descriptor.bin"));

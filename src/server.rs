@@ -1,0 +1,203 @@
+//! Start-up and shutdown of the gRPC server: the shared state every service gets, the router
+//! with its layers (tracing and metrics, concurrency limit, request timeout), health, reflection,
+//! and the graceful drain.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{codec::CompressionEncoding, transport::server::TcpIncoming};
+use tower::ServiceBuilder;
+
+use crate::{
+    admin::AdminService,
+    auth::AdminAuth,
+    blobs::BlobStore,
+    config::Config,
+    db::DatabaseMode,
+    health::ServiceHealth,
+    notify::Notifier,
+    page_token::PageTokens,
+    proto::{self, quintet::admin::v1::admin_service_server::AdminServiceServer},
+    telemetry::{RpcLayer, method_paths},
+};
+
+/// The `NOTIFY` channels services listen on; each service adds its own.
+const CHANNELS: &[&str] = &["quintet_server"];
+/// How often the database is probed for the health service.
+const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Uploads unfinished after this long are abandoned and their temporary bytes collected.
+const STALE_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// What every service shares: the database, blob storage, notifications, page tokens, the admin
+/// check, and the token that tells long-running work to stop.
+#[derive(Clone)]
+pub struct Shared {
+    pub pool: PgPool,
+    pub blobs: BlobStore,
+    pub notifier: Notifier,
+    pub page_tokens: PageTokens,
+    pub admin: AdminAuth,
+    pub shutdown: CancellationToken,
+    pub config: Config,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    stop_accepting: CancellationToken,
+    health: ServiceHealth,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+    /// Set when this start generated the admin token.
+    pub generated_admin_token: Option<PathBuf>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Drains the server: health turns NOT_SERVING, long streams and workers are told to stop,
+    /// new connections are refused and in-flight calls may finish within the grace period.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.health.set_all(false).await;
+        self.shutdown.cancel();
+        self.stop_accepting.cancel();
+        match tokio::time::timeout(self.grace, &mut self.task).await {
+            Ok(result) => result?.context("the gRPC server failed")?,
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "calls still running after the grace period; dropping them");
+                self.task.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the server stops on its own (it only does on a fatal error).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await?.context("the gRPC server failed")
+    }
+}
+
+/// Starts every service on `config.listen` over an already migrated database.
+pub async fn start(config: &Config, pool: PgPool, mode: DatabaseMode) -> anyhow::Result<ServerHandle> {
+    let shutdown = CancellationToken::new();
+    let (admin, generated_admin_token) =
+        AdminAuth::init(pool.clone(), config.admin_token.as_ref(), &config.data_dir).await?;
+    if let Some(path) = &generated_admin_token {
+        tracing::info!(path = %path.display(), "generated the admin token");
+    }
+    let blobs = match &config.blob_url {
+        Some(url) => BlobStore::from_url(url)?,
+        None => BlobStore::local(&config.data_dir.join("blobs"))?,
+    };
+    let shared = Shared {
+        page_tokens: PageTokens::load(&pool).await?,
+        notifier: Notifier::start(&pool, CHANNELS, shutdown.clone()).await?,
+        pool: pool.clone(),
+        blobs,
+        admin,
+        shutdown: shutdown.clone(),
+        config: config.clone(),
+    };
+    spawn_upload_collector(shared.clone());
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = ServiceHealth::new(
+        reporter,
+        &[
+            "quintet.admin.v1.AdminService",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+    );
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let known_methods = method_paths(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
+
+    let max = config.max_message_bytes;
+    let gzip = CompressionEncoding::Gzip;
+    let admin_service = AdminServiceServer::new(AdminService {
+        auth: shared.admin.clone(),
+        pool: pool.clone(),
+        mode,
+        started_at: SystemTime::now(),
+        health: health.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max)
+    .accept_compressed(gzip)
+    .send_compressed(gzip);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let layers = ServiceBuilder::new()
+        .layer(RpcLayer::new(known_methods))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.concurrency_limit));
+    let router = tonic::transport::Server::builder()
+        .timeout(config.request_timeout())
+        .layer(layers)
+        .add_service(health_service.accept_compressed(gzip).send_compressed(gzip))
+        .add_service(reflection_v1.accept_compressed(gzip).send_compressed(gzip))
+        .add_service(reflection_v1alpha.accept_compressed(gzip).send_compressed(gzip))
+        .add_service(admin_service);
+
+    let stop_accepting = CancellationToken::new();
+    let stop = stop_accepting.clone();
+    let task = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+    });
+    health.set_all(true).await;
+    health.watch_database(pool, DB_PROBE_INTERVAL, shutdown.clone());
+    tracing::info!(addr = %local_addr, "serving gRPC (h2c)");
+    Ok(ServerHandle {
+        local_addr,
+        shutdown,
+        stop_accepting,
+        health,
+        task,
+        grace: config.shutdown_grace(),
+        generated_admin_token,
+    })
+}
+
+/// Collects the temporary bytes of abandoned uploads, hourly.
+fn spawn_upload_collector(shared: Shared) {
+    tokio::spawn(async move {
+        loop {
+            match shared.blobs.remove_stale_uploads(STALE_UPLOAD_AGE).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed abandoned uploads"),
+                Err(error) => tracing::warn!(%error, "cannot collect abandoned uploads"),
+            }
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    });
+}
