@@ -71,7 +71,11 @@ impl TokenDigest {
 impl fmt::Debug for TokenDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A prefix is enough to tell digests apart in logs.
-        write!(f, "TokenDigest({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "TokenDigest({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -94,9 +98,9 @@ pub fn bearer_token<T>(request: &Request<T>) -> Result<Option<Secret>> {
     let value = value
         .to_str()
         .map_err(|_| Error::Unauthenticated("authorization: not valid ASCII".to_owned()))?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or_else(|| Error::Unauthenticated("authorization: expected `Bearer <token>`".to_owned()))?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(|| {
+        Error::Unauthenticated("authorization: expected `Bearer <token>`".to_owned())
+    })?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(Error::Unauthenticated(
@@ -140,15 +144,20 @@ impl AdminAuth {
                     Ok(text) if !text.trim().is_empty() => {
                         (Secret(text.trim().to_owned()), "data-dir", None)
                     }
-                    Ok(_) => anyhow::bail!("{} is empty; delete it to generate a new token", path.display()),
+                    Ok(_) => anyhow::bail!(
+                        "{} is empty; delete it to generate a new token",
+                        path.display()
+                    ),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let token = generate_token(ADMIN_TOKEN_PREFIX);
                         write_private_file(&path, token.expose())?;
                         (token, "data-dir", Some(path))
                     }
                     Err(e) => {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("cannot read the admin token at {}", path.display())));
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cannot read the admin token at {}",
+                            path.display()
+                        )));
                     }
                 }
             }
@@ -176,7 +185,9 @@ impl AdminAuth {
         if known {
             Ok(())
         } else {
-            Err(Error::Unauthenticated("the token is not an admin token".to_owned()))
+            Err(Error::Unauthenticated(
+                "the token is not an admin token".to_owned(),
+            ))
         }
     }
 }
@@ -213,7 +224,9 @@ mod tests {
 
     #[test]
     fn extracts_bearer_tokens() {
-        let token = bearer_token(&request_with("Bearer abc.def")).unwrap().unwrap();
+        let token = bearer_token(&request_with("Bearer abc.def"))
+            .unwrap()
+            .unwrap();
         assert_eq!(token.expose(), "abc.def");
         let token = bearer_token(&request_with("bearer xyz")).unwrap().unwrap();
         assert_eq!(token.expose(), "xyz");
@@ -234,10 +247,7 @@ mod tests {
     fn digests_are_sha256() {
         // SHA-256("abc") from FIPS 180-2, appendix B.1.
         let digest = TokenDigest::of("abc");
-        assert_eq!(
-            digest.as_bytes()[..4],
-            [0xba, 0x78, 0x16, 0xbf],
-        );
+        assert_eq!(digest.as_bytes()[..4], [0xba, 0x78, 0x16, 0xbf],);
     }
 
     #[test]

@@ -236,12 +236,14 @@ impl BlobStore {
             Err(object_store::Error::AlreadyExists { .. }) => self.delete_quietly(temporary).await,
             // Stores without an atomic create-if-absent (plain S3): the address names the bytes,
             // so overwriting identical bytes is harmless.
-            Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. }) => {
-                self.store
-                    .rename(temporary, location)
-                    .await
-                    .map_err(storage_error)
-            }
+            Err(
+                object_store::Error::NotSupported { .. }
+                | object_store::Error::NotImplemented { .. },
+            ) => self
+                .store
+                .rename(temporary, location)
+                .await
+                .map_err(storage_error),
             Err(e) => {
                 self.delete_quietly(temporary).await?;
                 Err(storage_error(e))
@@ -330,7 +332,8 @@ impl BlobStore {
             .store
             .list(Some(&prefix))
             .try_filter_map(|meta| async move {
-                Ok((std::time::SystemTime::from(meta.last_modified) < cutoff).then_some(meta.location))
+                Ok((std::time::SystemTime::from(meta.last_modified) < cutoff)
+                    .then_some(meta.location))
             })
             .try_collect()
             .await
@@ -341,7 +344,6 @@ impl BlobStore {
         Ok(stale.len())
     }
 }
-
 
 fn storage_error(error: object_store::Error) -> Error {
     match error {
@@ -393,17 +395,34 @@ mod tests {
     async fn small_and_large_blobs_round_trip_at_their_address() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
-        for (len, chunk) in [(0usize, 1usize), (3, 1), (SMALL_BLOB + PART_SIZE * 2 + 17, 100_003)] {
+        for (len, chunk) in [
+            (0usize, 1usize),
+            (3, 1),
+            (SMALL_BLOB + PART_SIZE * 2 + 17, 100_003),
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            let info = store.put(chunks(&data, chunk), u64::MAX, "data").await.unwrap();
+            let info = store
+                .put(chunks(&data, chunk), u64::MAX, "data")
+                .await
+                .unwrap();
             assert_eq!(info.size, len as u64);
             assert_eq!(info.sha256, Sha256::of(&data));
             assert_eq!(store.get_bytes(&info.sha256).await.unwrap(), data);
             let hex = info.sha256.to_hex();
-            assert!(dir.path().join("sha256").join(&hex[..2]).join(&hex).is_file());
+            assert!(
+                dir.path()
+                    .join("sha256")
+                    .join(&hex[..2])
+                    .join(&hex)
+                    .is_file()
+            );
         }
         // Nothing temporary is left behind.
-        assert!(files_under(dir.path()).iter().all(|p| p.starts_with(dir.path().join("sha256"))));
+        assert!(
+            files_under(dir.path())
+                .iter()
+                .all(|p| p.starts_with(dir.path().join("sha256")))
+        );
     }
 
     #[tokio::test]
@@ -411,8 +430,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
         let data = vec![7u8; SMALL_BLOB + 1];
-        let a = store.put(chunks(&data, 1 << 20), u64::MAX, "data").await.unwrap();
-        let b = store.put(chunks(&data, 3 << 20), u64::MAX, "data").await.unwrap();
+        let a = store
+            .put(chunks(&data, 1 << 20), u64::MAX, "data")
+            .await
+            .unwrap();
+        let b = store
+            .put(chunks(&data, 3 << 20), u64::MAX, "data")
+            .await
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(files_under(dir.path()).len(), 1);
     }
@@ -422,7 +447,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
         let data = vec![1u8; SMALL_BLOB * 2];
-        let error = store.put(chunks(&data, 1 << 20), 1000, "tarball").await.unwrap_err();
+        let error = store
+            .put(chunks(&data, 1 << 20), 1000, "tarball")
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(error.to_string().starts_with("tarball:"));
 
@@ -431,14 +459,21 @@ mod tests {
         }));
         let error = store.put(failing, u64::MAX, "data").await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::Cancelled);
-        assert!(files_under(dir.path()).is_empty(), "{:?}", files_under(dir.path()));
+        assert!(
+            files_under(dir.path()).is_empty(),
+            "{:?}",
+            files_under(dir.path())
+        );
     }
 
     #[tokio::test]
     async fn corrupted_bytes_end_the_stream_with_data_loss() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
-        let info = store.put_bytes(Bytes::from_static(b"precious bytes")).await.unwrap();
+        let info = store
+            .put_bytes(Bytes::from_static(b"precious bytes"))
+            .await
+            .unwrap();
         let hex = info.sha256.to_hex();
         let path = dir.path().join("sha256").join(&hex[..2]).join(&hex);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -453,7 +488,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
         let missing = Sha256::of(b"never stored");
-        assert_eq!(store.get(&missing).await.unwrap_err().code(), tonic::Code::NotFound);
+        let Err(error) = store.get(&missing).await else {
+            panic!("found a blob never stored")
+        };
+        assert_eq!(error.code(), tonic::Code::NotFound);
         assert!(!store.exists(&missing).await.unwrap());
         let info = store.put_bytes(Bytes::from_static(b"x")).await.unwrap();
         assert!(store.exists(&info.sha256).await.unwrap());
@@ -468,10 +506,19 @@ mod tests {
         let store = BlobStore::local(dir.path()).unwrap();
         store
             .store
-            .put(&StorePath::from("tmp/abandoned"), PutPayload::from_static(b"partial"))
+            .put(
+                &StorePath::from("tmp/abandoned"),
+                PutPayload::from_static(b"partial"),
+            )
             .await
             .unwrap();
-        assert_eq!(store.remove_stale_uploads(Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .remove_stale_uploads(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
         assert_eq!(store.remove_stale_uploads(Duration::ZERO).await.unwrap(), 1);
         assert!(files_under(dir.path()).is_empty());
     }

@@ -40,7 +40,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address of the gRPC listener (plain HTTP/2, h2c).
-    #[arg(long, env = "QUINTET_LISTEN", default_value = "127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_LISTEN",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// PostgreSQL server to use. When unset, quintet runs its own cluster under the data directory.
@@ -48,7 +53,12 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Directory for the embedded PostgreSQL cluster, local blobs and the generated admin token.
-    #[arg(long, env = "QUINTET_DATA_DIR", default_value = "quintet-data", global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_DATA_DIR",
+        default_value = "quintet-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Log filter, in `tracing`'s EnvFilter syntax (e.g. `info,quintet=debug`).
@@ -56,7 +66,13 @@ pub struct Config {
     pub log: String,
 
     /// Log format.
-    #[arg(long, env = "QUINTET_LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// Address of the Prometheus metrics endpoint (HTTP, `/metrics`). Off when unset.
@@ -65,7 +81,12 @@ pub struct Config {
 
     /// Admin token. When unset, one is generated on first start and written to
     /// `<data dir>/admin-token` (mode 0600).
-    #[arg(long, env = "QUINTET_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "QUINTET_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
     pub admin_token: Option<Secret>,
 
     /// Blob storage URL (`file:///path`, `s3://bucket/prefix` with the usual `AWS_*` variables,
@@ -78,19 +99,39 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Upper bound on any request's handling time in seconds; a shorter client `grpc-timeout` wins.
-    #[arg(long, env = "QUINTET_REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub request_timeout_secs: u64,
 
     /// Requests handled at once across all connections; more wait for a slot.
-    #[arg(long, env = "QUINTET_CONCURRENCY_LIMIT", default_value_t = 1024, global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_CONCURRENCY_LIMIT",
+        default_value_t = 1024,
+        global = true
+    )]
     pub concurrency_limit: usize,
 
     /// Largest number of database connections this process opens.
-    #[arg(long, env = "QUINTET_DB_MAX_CONNECTIONS", default_value_t = 32, global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_DB_MAX_CONNECTIONS",
+        default_value_t = 32,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// How long a graceful shutdown may take before in-flight calls are dropped, in seconds.
-    #[arg(long, env = "QUINTET_SHUTDOWN_GRACE_SECS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_SHUTDOWN_GRACE_SECS",
+        default_value_t = 10,
+        global = true
+    )]
     pub shutdown_grace_secs: u64,
 
     /// Directory holding the PostgreSQL server binaries (`initdb`, `postgres`) for the embedded
@@ -100,7 +141,12 @@ pub struct Config {
 
     /// System user that runs the embedded PostgreSQL when quintet itself runs as root
     /// (PostgreSQL refuses to run as root).
-    #[arg(long, env = "QUINTET_PG_USER", default_value = "postgres", global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_PG_USER",
+        default_value = "postgres",
+        global = true
+    )]
     pub pg_user: String,
 }
 

@@ -288,7 +288,10 @@ mod tests {
 
     #[test]
     fn invalid_argument_names_its_field_in_message_and_details() {
-        let status = Status::from(Error::invalid_argument("manifest.name", "must be lowercase"));
+        let status = Status::from(Error::invalid_argument(
+            "manifest.name",
+            "must be lowercase",
+        ));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "manifest.name: must be lowercase");
         let details = status.get_error_details();

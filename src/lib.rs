@@ -48,7 +48,11 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         db::migrate(&database.pool).await?;
         let mut server = server::start(&config, database.pool.clone(), database.mode).await?;
         if let Some(addr) = config.metrics_listen {
-            telemetry::init_metrics(addr, database.pool.clone(), tokio_util::sync::CancellationToken::new())?;
+            telemetry::init_metrics(
+                addr,
+                database.pool.clone(),
+                tokio_util::sync::CancellationToken::new(),
+            )?;
         }
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),

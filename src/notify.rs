@@ -49,7 +49,9 @@ impl Notifier {
     ) -> anyhow::Result<Self> {
         let mut listener = PgListener::connect_with(pool).await?;
         let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
-        listener.listen_all(channels.iter().map(String::as_str)).await?;
+        listener
+            .listen_all(channels.iter().map(String::as_str))
+            .await?;
         let (sender, _) = broadcast::channel(BUFFER);
         let notifier = Notifier {
             sender: sender.clone(),
@@ -135,7 +137,11 @@ impl Subscription {
 
 /// Sends `payload` on `channel`. Inside a transaction it is delivered on commit, and not at all
 /// on rollback.
-pub async fn notify<'e, E: PgExecutor<'e>>(executor: E, channel: &str, payload: &str) -> Result<()> {
+pub async fn notify<'e, E: PgExecutor<'e>>(
+    executor: E,
+    channel: &str,
+    payload: &str,
+) -> Result<()> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Error::internal(anyhow::anyhow!(
             "notification payload of {} bytes on {channel} exceeds PostgreSQL's limit",

@@ -50,11 +50,13 @@ impl PageTokens {
             .fill(&mut fresh)
             .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
         // Insert-or-read in one statement, so that racing replicas all end with the winner's key.
-        sqlx::query("INSERT INTO core.server_keys (name, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(KEY_NAME)
-            .bind(fresh.as_slice())
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO core.server_keys (name, key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(KEY_NAME)
+        .bind(fresh.as_slice())
+        .execute(pool)
+        .await?;
         let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = $1")
             .bind(KEY_NAME)
             .fetch_one(pool)
@@ -111,7 +113,9 @@ impl PageTokens {
             return Err(invalid("not a page token issued by this server"));
         }
         if signed[9..HEADER_LEN] != fingerprint(query) {
-            return Err(invalid("belongs to a different query; keep the same filters and order"));
+            return Err(invalid(
+                "belongs to a different query; keep the same filters and order",
+            ));
         }
         let issued = u64::from_be_bytes(signed[1..9].try_into().expect("8 bytes"));
         let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -172,10 +176,15 @@ mod tests {
         bytes[HEADER_LEN] ^= 1;
         assert!(refused(&URL_SAFE_NO_PAD.encode(&bytes), "q").contains("issued by this server"));
         // Another server's key.
-        let other = PageTokens::from_key(b"another key, another database...").encode("q", &(1, "a"));
+        let other =
+            PageTokens::from_key(b"another key, another database...").encode("q", &(1, "a"));
         assert!(refused(&other, "q").contains("issued by this server"));
         // Too old.
-        let old = c.encode_at("q", &(1, "a"), SystemTime::now() - MAX_AGE - Duration::from_secs(60));
+        let old = c.encode_at(
+            "q",
+            &(1, "a"),
+            SystemTime::now() - MAX_AGE - Duration::from_secs(60),
+        );
         assert!(refused(&old, "q").contains("expired"));
         assert!(refused(&"A".repeat(MAX_TOKEN_LEN + 1), "q").contains("too long"));
     }

@@ -88,7 +88,11 @@ impl ServerHandle {
 }
 
 /// Starts every service on `config.listen` over an already migrated database.
-pub async fn start(config: &Config, pool: PgPool, mode: DatabaseMode) -> anyhow::Result<ServerHandle> {
+pub async fn start(
+    config: &Config,
+    pool: PgPool,
+    mode: DatabaseMode,
+) -> anyhow::Result<ServerHandle> {
     let shutdown = CancellationToken::new();
     let (admin, generated_admin_token) =
         AdminAuth::init(pool.clone(), config.admin_token.as_ref(), &config.data_dir).await?;
@@ -155,13 +159,33 @@ pub async fn start(config: &Config, pool: PgPool, mode: DatabaseMode) -> anyhow:
 
     let layers = ServiceBuilder::new()
         .layer(RpcLayer::new(known_methods))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.concurrency_limit));
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.concurrency_limit,
+        ));
     let router = tonic::transport::Server::builder()
         .timeout(config.request_timeout())
         .layer(layers)
-        .add_service(health_service.accept_compressed(gzip).send_compressed(gzip))
-        .add_service(reflection_v1.accept_compressed(gzip).send_compressed(gzip))
-        .add_service(reflection_v1alpha.accept_compressed(gzip).send_compressed(gzip))
+        .add_service(
+            health_service
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .accept_compressed(gzip)
+                .send_compressed(gzip),
+        )
+        .add_service(
+            reflection_v1
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .accept_compressed(gzip)
+                .send_compressed(gzip),
+        )
+        .add_service(
+            reflection_v1alpha
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .accept_compressed(gzip)
+                .send_compressed(gzip),
+        )
         .add_service(admin_service);
 
     let stop_accepting = CancellationToken::new();

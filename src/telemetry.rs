@@ -34,7 +34,9 @@ pub fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("QUINTET_LOG {filter:?} is not a valid filter: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Human => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()?,
+        LogFormat::Human => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()?,
         LogFormat::Json => registry
             .with(
                 fmt::layer()
@@ -74,7 +76,8 @@ pub fn init_metrics(
             }
             metrics::gauge!("db_pool_connections").set(pool.size() as f64);
             metrics::gauge!("db_pool_idle_connections").set(pool.num_idle() as f64);
-            metrics::gauge!("db_pool_max_connections").set(pool.options().get_max_connections() as f64);
+            metrics::gauge!("db_pool_max_connections")
+                .set(pool.options().get_max_connections() as f64);
         }
     });
     tracing::info!(%addr, "metrics at http://{addr}/metrics");
@@ -203,7 +206,8 @@ impl Recorder {
         }
         let method = self.method.to_string();
         metrics::counter!("grpc_server_handled_total", "grpc_method" => method.clone(), "grpc_code" => code_name).increment(1);
-        metrics::histogram!("grpc_server_handling_seconds", "grpc_method" => method).record(elapsed.as_secs_f64());
+        metrics::histogram!("grpc_server_handling_seconds", "grpc_method" => method)
+            .record(elapsed.as_secs_f64());
     }
 }
 

@@ -112,7 +112,9 @@ impl EmbeddedPostgres {
                     initdb(&bindir, &pgdata, run_as, durable)?;
                 }
                 wait_for_previous_postmaster(&pgdata)?;
-                Ok(fs::read_to_string(pgdata.join("PG_VERSION"))?.trim().to_owned())
+                Ok(fs::read_to_string(pgdata.join("PG_VERSION"))?
+                    .trim()
+                    .to_owned())
             })
             .await??
         };
@@ -132,7 +134,10 @@ impl EmbeddedPostgres {
             .arg(PORT.to_string())
             .args(["-c", "listen_addresses="])
             .args(["-c", "unix_socket_permissions=0700"])
-            .args(["-c", &format!("max_connections={}", options.max_connections)])
+            .args([
+                "-c",
+                &format!("max_connections={}", options.max_connections),
+            ])
             .args(["-c", "logging_collector=off"])
             .current_dir(&pgdata)
             .stdin(Stdio::null())
@@ -140,7 +145,14 @@ impl EmbeddedPostgres {
             .stderr(log)
             .process_group(0);
         if !options.durable {
-            command.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            command.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
         }
         if let Some(run_as) = run_as {
             command.uid(run_as.uid).gid(run_as.gid);
@@ -223,9 +235,15 @@ impl EmbeddedPostgres {
         let status = match tokio::time::timeout(STOP_TIMEOUT, exited).await {
             Ok(status) => status??,
             Err(_) => {
-                tracing::warn!(pid = self.pid, "PostgreSQL did not stop in time; stopping it immediately");
+                tracing::warn!(
+                    pid = self.pid,
+                    "PostgreSQL did not stop in time; stopping it immediately"
+                );
                 self.signal(libc::SIGQUIT);
-                bail!("PostgreSQL (pid {}) did not stop within {STOP_TIMEOUT:?}", self.pid);
+                bail!(
+                    "PostgreSQL (pid {}) did not stop within {STOP_TIMEOUT:?}",
+                    self.pid
+                );
             }
         };
         tracing::info!(%status, "embedded PostgreSQL stopped");
@@ -241,13 +259,17 @@ impl EmbeddedPostgres {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let options = self.connect_options_for("postgres").disable_statement_logging();
+        let options = self
+            .connect_options_for("postgres")
+            .disable_statement_logging();
         loop {
             if let Some(exited) = self.exited.as_mut()
                 && let Ok(status) = exited.try_recv()
             {
                 self.exited = None;
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
                 bail!(
                     "PostgreSQL exited during start-up ({status}); see {}",
                     self.pgdata.with_file_name("postgres.log").display()
@@ -259,7 +281,8 @@ impl EmbeddedPostgres {
                     return Ok(());
                 }
                 Err(e) if Instant::now() > deadline => {
-                    return Err(anyhow::Error::new(e).context("PostgreSQL did not accept connections within 60 s"));
+                    return Err(anyhow::Error::new(e)
+                        .context("PostgreSQL did not accept connections within 60 s"));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
             }
@@ -311,7 +334,9 @@ fn find_bindir(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
         && output.status.success()
     {
-        candidates.push(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+        candidates.push(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim(),
+        ));
     }
     // Debian and Ubuntu install each major version side by side; prefer the newest.
     let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
@@ -323,7 +348,7 @@ fn find_bindir(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
             Some((major, entry.path().join("bin")))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
     candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
     candidates.extend(["/usr/local/pgsql/bin", "/usr/pgsql/bin"].map(PathBuf::from));
     candidates.into_iter().find(|dir| has_server(dir)).ok_or_else(|| {
@@ -385,7 +410,12 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn initdb(bindir: &Path, pgdata: &Path, run_as: Option<RunAs>, durable: bool) -> anyhow::Result<()> {
+fn initdb(
+    bindir: &Path,
+    pgdata: &Path,
+    run_as: Option<RunAs>,
+    durable: bool,
+) -> anyhow::Result<()> {
     let staging = pgdata.with_file_name("postgres.initdb");
     if staging.exists() {
         fs::remove_dir_all(&staging)
@@ -400,7 +430,13 @@ fn initdb(bindir: &Path, pgdata: &Path, run_as: Option<RunAs>, durable: bool) ->
     command
         .arg("-D")
         .arg(&staging)
-        .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        ])
         .current_dir(&staging)
         .stdin(Stdio::null());
     if !durable {
@@ -433,7 +469,11 @@ fn wait_for_previous_postmaster(pgdata: &Path) -> anyhow::Result<()> {
         let Ok(text) = fs::read_to_string(&pid_file) else {
             return Ok(());
         };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
             return Ok(());
         };
         // SAFETY: signal 0 only checks that the process exists. A pid reused by an unrelated

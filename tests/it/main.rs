@@ -1,0 +1,6 @@
+//! The one integration-test binary: the real server, a real PostgreSQL, real gRPC clients.
+
+mod binary;
+mod foundation;
+mod harness;
+mod shared_blocks;

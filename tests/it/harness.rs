@@ -1,0 +1,229 @@
+//! The test harness: one PostgreSQL per test process (the one in `DATABASE_URL`, or a throwaway
+//! embedded cluster), a migrated template database, and a fresh database cloned from it for every
+//! test server. Servers run in-process on `127.0.0.1:0` and are reached through real gRPC clients.
+
+use std::{path::PathBuf, sync::OnceLock, time::Duration};
+
+use quintet::{
+    auth::{Secret, generate_token},
+    config::{Cli, Config},
+    db::{self, DatabaseMode, EmbeddedOptions, EmbeddedPostgres},
+    server::{self, ServerHandle},
+};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+struct TestCluster {
+    /// Connection options to the maintenance database (`postgres`), from which test databases
+    /// are created.
+    admin: PgConnectOptions,
+    template: String,
+    /// Kept alive for the whole process: its parent-death signal stops it when the tests exit.
+    _embedded: Option<EmbeddedPostgres>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+fn cluster() -> &'static TestCluster {
+    // Set up on a thread of its own with its own runtime: tests each run on their own runtime,
+    // and the cluster outlives them all.
+    CLUSTER.get_or_init(|| {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(set_up_cluster())
+        })
+        .join()
+        .expect("test cluster set-up panicked")
+    })
+}
+
+async fn set_up_cluster() -> TestCluster {
+    let (admin, embedded, dir) = match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let options: PgConnectOptions = url.parse().expect("DATABASE_URL");
+            (options.database("postgres"), None, None)
+        }
+        Err(_) => {
+            let dir = tempfile::Builder::new()
+                .prefix("quintet-test-")
+                .tempdir()
+                .expect("temp dir");
+            let mut options = EmbeddedOptions::new(dir.path());
+            options.durable = false;
+            options.max_connections = 400;
+            let embedded = EmbeddedPostgres::start(options)
+                .await
+                .expect("the test harness needs the PostgreSQL server binaries (apt-get install postgresql) or DATABASE_URL");
+            (
+                embedded.connect_options_for("postgres"),
+                Some(embedded),
+                Some(dir),
+            )
+        }
+    };
+    let template = format!("quintet_template_{}", std::process::id());
+    let mut conn = connect(&admin).await;
+    exec(&mut conn, &format!("DROP DATABASE IF EXISTS {template}")).await;
+    exec(&mut conn, &format!("CREATE DATABASE {template}")).await;
+    conn.close().await.unwrap();
+    let pool = db::connect(admin.clone().database(&template), 2)
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    pool.close().await;
+    TestCluster {
+        admin,
+        template,
+        _embedded: embedded,
+        _dir: dir,
+    }
+}
+
+async fn connect(options: &PgConnectOptions) -> PgConnection {
+    options
+        .clone()
+        .disable_statement_logging()
+        .connect()
+        .await
+        .expect("connect to the test PostgreSQL")
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A fresh, migrated database of its own.
+pub async fn fresh_database() -> PgConnectOptions {
+    let cluster = cluster();
+    let name = format!("quintet_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = connect(&cluster.admin).await;
+    exec(
+        &mut conn,
+        &format!("CREATE DATABASE {name} TEMPLATE {}", cluster.template),
+    )
+    .await;
+    conn.close().await.unwrap();
+    cluster.admin.clone().database(&name)
+}
+
+/// A pool on a fresh database.
+pub async fn fresh_pool() -> PgPool {
+    db::connect(fresh_database().await, 8).await.unwrap()
+}
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub channel: Channel,
+    pub admin_token: Secret,
+    pub database: PgConnectOptions,
+    pub data_dir: tempfile::TempDir,
+    handle: Option<ServerHandle>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server on a fresh database; `adjust` may change its configuration first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(fresh_database().await, adjust).await
+    }
+
+    /// Another server on this one's database: a second replica.
+    pub async fn replica(&self, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(self.database.clone(), adjust).await
+    }
+
+    async fn start_on(database: PgConnectOptions, adjust: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(data_dir.path().to_owned());
+        adjust(&mut config);
+        let pool = db::connect(database.clone(), 8).await.unwrap();
+        let handle = server::start(&config, pool, DatabaseMode::External)
+            .await
+            .expect("start the server");
+        let addr = handle.local_addr();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server");
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => Secret::new(
+                std::fs::read_to_string(data_dir.path().join("admin-token"))
+                    .unwrap()
+                    .trim(),
+            ),
+        };
+        TestServer {
+            addr,
+            channel,
+            admin_token,
+            database,
+            data_dir,
+            handle: Some(handle),
+        }
+    }
+
+    /// Drains the server as SIGTERM would.
+    pub async fn shutdown(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // Not drained: the test is over, its runtime is going away.
+            drop(handle);
+        }
+    }
+}
+
+fn test_config(data_dir: PathBuf) -> Config {
+    let mut config = default_config();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = None;
+    config.data_dir = data_dir;
+    config.admin_token = Some(generate_token("qadm_test_"));
+    config.blob_url = None;
+    config.metrics_listen = None;
+    config.shutdown_grace_secs = 2;
+    config
+}
+
+/// A request carrying `token` as its bearer token.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    request
+}
+
+/// The defaults of an empty command line. The QUINTET_* variables of whoever runs the tests
+/// would leak into it, so they are refused rather than silently used.
+fn default_config() -> Config {
+    use clap::Parser;
+    let leaked: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("QUINTET_"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "unset these before running the tests: {leaked:?}"
+    );
+    Cli::parse_from(["quintet"]).config
+}
