@@ -2,7 +2,7 @@
 //! embedded cluster), a migrated template database, and a fresh database cloned from it for every
 //! test server. Servers run in-process on `127.0.0.1:0` and are reached through real gRPC clients.
 
-use std::{path::PathBuf, sync::OnceLock, time::Duration};
+use std::{path::PathBuf, sync::OnceLock};
 
 use quintet::{
     auth::{Secret, generate_token},
