@@ -46,14 +46,10 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     // From here on the embedded PostgreSQL runs: every path out stops it.
     let served = async {
         db::migrate(&database.pool).await?;
-        let mut server = server::start(&config, database.pool.clone(), database.mode).await?;
         if let Some(addr) = config.metrics_listen {
-            telemetry::init_metrics(
-                addr,
-                database.pool.clone(),
-                tokio_util::sync::CancellationToken::new(),
-            )?;
+            telemetry::init_metrics(addr, database.pool.clone())?;
         }
+        let mut server = server::start(&config, database.pool.clone(), database.mode).await?;
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -20,7 +20,6 @@ use http_body::{Body, Frame, SizeHint};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use pin_project_lite::pin_project;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty};
@@ -51,11 +50,8 @@ pub fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
 }
 
 /// Starts the Prometheus endpoint (`GET /metrics` on `addr`) and the database pool gauges.
-pub fn init_metrics(
-    addr: std::net::SocketAddr,
-    pool: PgPool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// The recorder is process-global: call once, from the binary.
+pub fn init_metrics(addr: std::net::SocketAddr, pool: PgPool) -> anyhow::Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(
@@ -70,10 +66,7 @@ pub fn init_metrics(
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(5));
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = interval.tick() => {}
-            }
+            interval.tick().await;
             metrics::gauge!("db_pool_connections").set(pool.size() as f64);
             metrics::gauge!("db_pool_idle_connections").set(pool.num_idle() as f64);
             metrics::gauge!("db_pool_max_connections")

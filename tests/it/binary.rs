@@ -17,12 +17,17 @@ struct Running {
 
 /// Starts the binary on a free port with JSON logs, and waits for its "serving" line.
 fn start(data_dir: &Path) -> Running {
+    start_with(data_dir, &[])
+}
+
+fn start_with(data_dir: &Path, envs: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BINARY)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("QUINTET_DATA_DIR", data_dir)
         .env("QUINTET_LISTEN", "127.0.0.1:0")
         .env("QUINTET_LOG_FORMAT", "json")
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -95,7 +100,8 @@ fn installation_id(addr: &str, token: &str) -> String {
 #[test]
 fn the_binary_serves_reflection_and_health_then_stops_cleanly_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path());
+    let metrics_addr = free_port();
+    let running = start_with(dir.path(), &[("QUINTET_METRICS_LISTEN", &metrics_addr)]);
     let addr = running.addr.clone();
 
     let services = grpcurl(&["-plaintext", &addr, "list"]);
@@ -124,6 +130,18 @@ fn the_binary_serves_reflection_and_health_then_stops_cleanly_and_keeps_its_data
 
     let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
     let first_id = installation_id(&addr, token.trim());
+
+    // Every call above is counted by method and code.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains(r#"grpc_server_handled_total{grpc_method="/grpc.health.v1.Health/Check",grpc_code="OK"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("grpc_server_handling_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("db_pool_connections"), "{metrics}");
     let pgdata = dir.path().join("postgres");
     let postmaster_pid = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
     let postmaster_pid: i32 = postmaster_pid.lines().next().unwrap().parse().unwrap();
@@ -183,4 +201,23 @@ fn an_unreachable_database_is_a_one_line_error() {
 fn missing_postgresql_binaries_are_a_one_line_error() {
     let stderr = one_line_error(&[("QUINTET_PG_BINDIR", "/nonexistent/bin")]);
     assert!(stderr.contains("QUINTET_PG_BINDIR"), "{stderr}");
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
