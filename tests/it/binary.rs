@@ -15,6 +15,16 @@ struct Running {
     addr: String,
 }
 
+impl Drop for Running {
+    /// A failed assertion must not leave a server (and its PostgreSQL) running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts the binary on a free port with JSON logs, and waits for its "serving" line.
 fn start(data_dir: &Path) -> Running {
     start_with(data_dir, &[])
@@ -62,7 +72,8 @@ fn grpcurl(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-fn sigterm_and_wait(mut running: Running) -> std::process::ExitStatus {
+fn sigterm_and_wait(running: Running) -> std::process::ExitStatus {
+    let mut running = running;
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(running.child.id() as i32, libc::SIGTERM);
