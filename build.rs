@@ -21,7 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    // `bytes` fields as `Bytes`: chunks pass through streams without copies.
     tonic_prost_build::configure()
+        .bytes(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;

@@ -173,16 +173,20 @@ impl AdminAuth {
         Ok((AdminAuth { pool }, created))
     }
 
-    /// Succeeds only for a request carrying an admin token.
-    pub async fn require_admin<T>(&self, request: &Request<T>) -> Result<()> {
-        let token = require_bearer_token(request)?;
-        let known: bool = sqlx::query_scalar(
+    /// Whether `token` is an admin token.
+    pub async fn is_admin_token(&self, token: &Secret) -> Result<bool> {
+        Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM core.admin_tokens WHERE token_sha256 = $1)",
         )
         .bind(token.digest().as_bytes().as_slice())
         .fetch_one(&self.pool)
-        .await?;
-        if known {
+        .await?)
+    }
+
+    /// Succeeds only for a request carrying an admin token.
+    pub async fn require_admin<T>(&self, request: &Request<T>) -> Result<()> {
+        let token = require_bearer_token(request)?;
+        if self.is_admin_token(&token).await? {
             Ok(())
         } else {
             Err(Error::Unauthenticated(

@@ -134,6 +134,19 @@ pub struct Config {
     )]
     pub shutdown_grace_secs: u64,
 
+    /// Base URL of the registry's GitHub-compatible identity provider (`GET <url>/user`).
+    #[arg(
+        long,
+        env = "QUINTET_REGISTRY_IDENTITY_URL",
+        default_value = "https://api.github.com",
+        global = true
+    )]
+    pub registry_identity_url: String,
+
+    /// Largest package tarball the registry accepts, in bytes.
+    #[arg(long, env = "QUINTET_REGISTRY_MAX_TARBALL_BYTES", default_value_t = 50 * 1024 * 1024, global = true)]
+    pub registry_max_tarball_bytes: u64,
+
     /// Directory holding the PostgreSQL server binaries (`initdb`, `postgres`) for the embedded
     /// cluster. Default: `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
     #[arg(long, env = "QUINTET_PG_BINDIR", global = true)]

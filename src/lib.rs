@@ -13,6 +13,7 @@ pub mod health;
 pub mod notify;
 pub mod page_token;
 pub mod proto;
+pub mod registry;
 pub mod server;
 pub mod telemetry;
 

@@ -6,6 +6,11 @@ pub mod quintet {
             tonic::include_proto!("quintet.admin.v1");
         }
     }
+    pub mod registry {
+        pub mod v1 {
+            tonic::include_proto!("quintet.registry.v1");
+        }
+    }
 }
 
 /// The encoded descriptor set of every quintet proto (with imports and comments), served by

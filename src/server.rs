@@ -24,12 +24,19 @@ use crate::{
     health::ServiceHealth,
     notify::Notifier,
     page_token::PageTokens,
-    proto::{self, quintet::admin::v1::admin_service_server::AdminServiceServer},
+    proto::{
+        self,
+        quintet::{
+            admin::v1::admin_service_server::AdminServiceServer,
+            registry::v1::registry_service_server::RegistryServiceServer,
+        },
+    },
+    registry::{Identity, RegistryService},
     telemetry::{RpcLayer, method_paths},
 };
 
 /// The `NOTIFY` channels services listen on; each service adds its own.
-const CHANNELS: &[&str] = &["quintet_server"];
+const CHANNELS: &[&str] = &[crate::registry::EVENTS_CHANNEL];
 /// How often the database is probed for the health service.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Uploads unfinished after this long are abandoned and their temporary bytes collected.
@@ -119,6 +126,7 @@ pub async fn start(
         reporter,
         &[
             "quintet.admin.v1.AdminService",
+            "quintet.registry.v1.RegistryService",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
@@ -145,6 +153,24 @@ pub async fn start(
         mode,
         started_at: SystemTime::now(),
         health: health.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max)
+    .accept_compressed(gzip)
+    .send_compressed(gzip);
+
+    let registry_service = RegistryServiceServer::new(RegistryService {
+        pool: pool.clone(),
+        blobs: shared.blobs.clone(),
+        identity: Identity::new(
+            pool.clone(),
+            shared.admin.clone(),
+            &config.registry_identity_url,
+        )?,
+        page_tokens: shared.page_tokens.clone(),
+        notifier: shared.notifier.clone(),
+        shutdown: shutdown.clone(),
+        max_tarball_bytes: config.registry_max_tarball_bytes,
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max)
@@ -186,7 +212,8 @@ pub async fn start(
                 .accept_compressed(gzip)
                 .send_compressed(gzip),
         )
-        .add_service(admin_service);
+        .add_service(admin_service)
+        .add_service(registry_service);
 
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();

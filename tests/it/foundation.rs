@@ -44,19 +44,27 @@ async fn health_reports_every_service_serving() {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
-async fn reflection_services(server: &TestServer) -> Vec<String> {
-    let mut client = ServerReflectionClient::new(server.channel.clone());
+/// One v1 reflection request and its answer.
+async fn reflect(server: &TestServer, request: MessageRequest) -> MessageResponse {
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(request),
     };
-    let mut responses = client
+    ServerReflectionClient::new(server.channel.clone())
         .server_reflection_info(tokio_stream::iter([request]))
         .await
         .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
-    match response.message_response.unwrap() {
+        .into_inner()
+        .next()
+        .await
+        .expect("a reflection answer")
+        .unwrap()
+        .message_response
+        .expect("a reflection message")
+}
+
+async fn reflection_services(server: &TestServer) -> Vec<String> {
+    match reflect(server, MessageRequest::ListServices(String::new())).await {
         MessageResponse::ListServicesResponse(list) => {
             list.service.into_iter().map(|s| s.name).collect()
         }
@@ -80,21 +88,12 @@ async fn reflection_lists_and_describes_every_service() {
     }
 
     // The descriptor of our own service comes with its comments, for `grpcurl describe`.
-    let mut client = ServerReflectionClient::new(server.channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(ADMIN.to_owned())),
-    };
-    let response = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+    let answer = reflect(
+        &server,
+        MessageRequest::FileContainingSymbol(ADMIN.to_owned()),
+    )
+    .await;
+    let MessageResponse::FileDescriptorResponse(files) = answer else {
         panic!("no descriptor for {ADMIN}");
     };
     use prost::Message;

@@ -3,4 +3,5 @@
 mod binary;
 mod foundation;
 mod harness;
+mod registry;
 mod shared_blocks;
