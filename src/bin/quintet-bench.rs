@@ -33,6 +33,22 @@ struct Cli {
 enum BenchCommand {
     /// Drive a scenario against a server and report throughput and latency.
     Run(RunArgs),
+    /// Fill a server's registry with generated packages (through the RPCs, as publishers would):
+    /// `packages` packages with `versions` versions each, then `downloads` random downloads.
+    SeedRegistry {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, env = "QUINTET_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        #[arg(long, default_value_t = 10_000)]
+        packages: usize,
+        #[arg(long, default_value_t = 3)]
+        versions: usize,
+        #[arg(long, default_value_t = 20_000)]
+        downloads: usize,
+        #[arg(long, short = 'c', default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Serve only grpc.health.v1 on a bare tonic server (no layers, no database): the
     /// framework's limit, to compare `health` runs against.
     BaselineServer {
@@ -61,6 +77,15 @@ struct RunArgs {
     /// Unmeasured seconds before, to warm connections and caches.
     #[arg(long, default_value_t = 1)]
     warmup: u64,
+    /// For registry-list: which page to fetch repeatedly (walked to once, before measuring).
+    #[arg(long, default_value_t = 1)]
+    page: usize,
+    /// For registry-list and registry-search: the page size.
+    #[arg(long, default_value_t = 50)]
+    page_size: i32,
+    /// For registry scenarios: how many packages seed-registry made.
+    #[arg(long, default_value_t = 10_000)]
+    packages: usize,
     /// Admin token, for scenarios that need one.
     #[arg(long, env = "QUINTET_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -73,6 +98,12 @@ enum Scenario {
     /// quintet.admin.v1.AdminService/GetServerInfo (one database round trip plus the admin
     /// token check: two queries).
     ServerInfo,
+    /// RegistryService/GetPackage of a random seeded package (versions, owners, readme).
+    RegistryGetPackage,
+    /// RegistryService/SearchPackages for a random word of the generated descriptions.
+    RegistrySearch,
+    /// RegistryService/ListPackages sorted by downloads, the same page each time.
+    RegistryList,
 }
 
 #[tokio::main]
@@ -80,7 +111,232 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
         BenchCommand::Run(args) => run(args).await,
+        BenchCommand::SeedRegistry {
+            target,
+            admin_token,
+            packages,
+            versions,
+            downloads,
+            concurrency,
+        } => {
+            seed_registry(
+                &target,
+                &admin_token,
+                packages,
+                versions,
+                downloads,
+                concurrency,
+            )
+            .await
+        }
     }
+}
+
+/// Words the generated descriptions are made of, and that registry-search looks for.
+const WORDS: &[&str] = &[
+    "syntax",
+    "highlighting",
+    "linter",
+    "git",
+    "terminal",
+    "minimap",
+    "theme",
+    "dark",
+    "light",
+    "autocomplete",
+    "snippets",
+    "markdown",
+    "preview",
+    "python",
+    "rust",
+    "javascript",
+    "format",
+    "beautify",
+    "icons",
+    "files",
+    "tree",
+    "project",
+    "search",
+    "replace",
+    "vim",
+    "emacs",
+    "keybindings",
+    "tabs",
+    "split",
+    "panes",
+    "status",
+    "bar",
+    "debugger",
+    "language",
+    "server",
+    "docker",
+    "yaml",
+    "json",
+    "color",
+    "picker",
+    "emoji",
+    "spell",
+    "checker",
+    "clock",
+    "todo",
+    "notes",
+    "sql",
+    "database",
+    "remote",
+    "sync",
+];
+
+/// A tiny deterministic generator (xorshift64*): benchmarks need repeatable spread, not secrecy.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn auth<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("tokens are ASCII"),
+    );
+    request
+}
+
+fn package_name(i: usize) -> String {
+    format!("bench-package-{i:05}")
+}
+
+async fn seed_registry(
+    target: &str,
+    admin_token: &str,
+    packages: usize,
+    versions: usize,
+    downloads: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use quintet::proto::quintet::registry::v1::{
+        self as pb, registry_service_client::RegistryServiceClient,
+    };
+    let channel = Channel::from_shared(target.to_owned())?.connect().await?;
+    let mut client = RegistryServiceClient::new(channel.clone());
+    let _ = client
+        .create_user(auth(
+            pb::CreateUserRequest {
+                username: "bench".into(),
+            },
+            admin_token,
+        ))
+        .await;
+    let token = client
+        .create_api_token(auth(
+            pb::CreateApiTokenRequest {
+                username: "bench".into(),
+                name: "seed".into(),
+                scopes: vec![
+                    pb::TokenScope::PublishNew as i32,
+                    pb::TokenScope::PublishUpdate as i32,
+                ],
+                ..Default::default()
+            },
+            admin_token,
+        ))
+        .await?
+        .into_inner()
+        .token;
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (channel, token, next) = (channel.clone(), token.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = RegistryServiceClient::new(channel);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1));
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= packages {
+                    return anyhow::Ok(());
+                }
+                let name = package_name(i);
+                let description: Vec<&str> = (0..6).map(|_| WORDS[rng.below(WORDS.len())]).collect();
+                let keywords: Vec<&str> = (0..3).map(|_| WORDS[rng.below(WORDS.len())]).collect();
+                let readme = format!("# {name}\n\n{} {}.", description.join(" "), keywords.join(", "));
+                for v in 0..versions {
+                    let manifest = serde_json::json!({
+                        "name": name, "version": format!("1.{v}.0"), "description": description.join(" "),
+                        "keywords": keywords, "license": "MIT",
+                        "engines": {"atom": format!(">=1.{}.0 <2.0.0", rng.below(60))},
+                    })
+                    .to_string();
+                    let header = pb::PublishHeader { manifest_json: manifest, readme: readme.clone(), tarball_sha256: String::new() };
+                    let tarball = bytes::Bytes::from([&[0x1f, 0x8b, 8, 0][..], format!("{name}@1.{v}.0").as_bytes()].concat());
+                    if v == 0 {
+                        use pb::publish_package_request::Part;
+                        let messages = vec![
+                            pb::PublishPackageRequest { part: Some(Part::Header(header)) },
+                            pb::PublishPackageRequest { part: Some(Part::Chunk(tarball)) },
+                        ];
+                        client.publish_package(auth(tokio_stream::iter(messages), &token)).await?;
+                    } else {
+                        use pb::publish_version_request::Part;
+                        let messages = vec![
+                            pb::PublishVersionRequest {
+                                part: Some(Part::Header(pb::PublishVersionHeader { package_name: name.clone(), publish: Some(header) })),
+                            },
+                            pb::PublishVersionRequest { part: Some(Part::Chunk(tarball)) },
+                        ];
+                        client.publish_version(auth(tokio_stream::iter(messages), &token)).await?;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    println!(
+        "published {packages} packages x {versions} versions in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (channel, next) = (channel.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = RegistryServiceClient::new(channel);
+            let mut rng = Rng(0x51_7cc1_b727_220a ^ (worker as u64 + 1));
+            while next.fetch_add(1, Ordering::Relaxed) < downloads {
+                // Skewed towards low numbers, as real popularity is.
+                let i = rng.below(packages).min(rng.below(packages));
+                let mut stream = client
+                    .download_version(pb::DownloadVersionRequest {
+                        package_name: package_name(i),
+                        version: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                while stream.message().await?.is_some() {}
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    println!(
+        "made {downloads} downloads in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn baseline_server(listen: SocketAddr) -> anyhow::Result<()> {
@@ -116,6 +372,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, _) => None,
     };
 
+    use quintet::proto::quintet::registry::v1::{
+        self as pb, registry_service_client::RegistryServiceClient,
+    };
+    // registry-list fetches one page over and over: walk to it once.
+    let mut list_token = String::new();
+    if matches!(args.scenario, Scenario::RegistryList) {
+        let mut client = RegistryServiceClient::new(channels[0].clone());
+        for _ in 1..args.page {
+            list_token = client
+                .list_packages(pb::ListPackagesRequest {
+                    sort_by: pb::SortBy::Downloads as i32,
+                    page_size: args.page_size,
+                    page_token: list_token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .next_page_token;
+        }
+    }
+    let (page_size, packages) = (args.page_size, args.packages.max(1));
+
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -123,7 +401,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let channel = channels[i % channels.len()].clone();
         let (measuring, stop, token) = (measuring.clone(), stop.clone(), token.clone());
         let scenario = args.scenario;
+        let list_token = list_token.clone();
         tasks.push(tokio::spawn(async move {
+            let mut registry = RegistryServiceClient::new(channel.clone());
+            let mut rng = Rng(0xdead_beef ^ (i as u64 + 1));
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
             let mut health = HealthClient::new(channel.clone());
@@ -141,6 +422,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         }
                         admin.get_server_info(request).await.is_ok()
                     }
+                    Scenario::RegistryGetPackage => registry
+                        .get_package(pb::GetPackageRequest {
+                            name: package_name(rng.below(packages)),
+                        })
+                        .await
+                        .is_ok(),
+                    Scenario::RegistrySearch => registry
+                        .search_packages(pb::SearchPackagesRequest {
+                            query: WORDS[rng.below(WORDS.len())].to_owned(),
+                            page_size,
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                    Scenario::RegistryList => registry
+                        .list_packages(pb::ListPackagesRequest {
+                            sort_by: pb::SortBy::Downloads as i32,
+                            page_size,
+                            page_token: list_token.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
                 };
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
@@ -200,5 +504,8 @@ fn scenario_name(scenario: Scenario) -> &'static str {
     match scenario {
         Scenario::Health => "health",
         Scenario::ServerInfo => "server-info",
+        Scenario::RegistryGetPackage => "registry-get-package",
+        Scenario::RegistrySearch => "registry-search",
+        Scenario::RegistryList => "registry-list",
     }
 }

@@ -963,17 +963,23 @@ pub async fn list(
     } else {
         ""
     };
+    // The page is chosen from packages alone; only its rows are then joined with their latest
+    // version and names (joining first made the planner hash-join every version).
     let sql = format!(
-        "WITH q AS (SELECT plainto_tsquery('english', coalesce($1, '')) || plainto_tsquery('simple', coalesce($1, '')) AS query)
-         SELECT {PACKAGE_COLUMNS},
-                coalesce(p.name = $1, false) AS exact,
-                CASE WHEN $1 IS NULL THEN 0::real ELSE ts_rank(p.search, q.query) END AS rank
-         FROM {PACKAGE_FROM} CROSS JOIN q
-         WHERE p.deleted_at IS NULL {matching}
-           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM registry.owners o WHERE o.package = p.pointer AND o.\"user\" = $2))
-           AND ($3::text IS NULL OR p.package_type = $3)
-           {position}
-         ORDER BY {sort} LIMIT $8"
+        "WITH q AS (SELECT plainto_tsquery('english', coalesce($1, '')) || plainto_tsquery('simple', coalesce($1, '')) AS query),
+         page AS (
+             SELECT p.pointer,
+                    coalesce(p.name = $1, false) AS exact,
+                    CASE WHEN $1 IS NULL THEN 0::real ELSE ts_rank(p.search, q.query) END AS rank
+             FROM registry.packages p CROSS JOIN q
+             WHERE p.deleted_at IS NULL {matching}
+               AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM registry.owners o WHERE o.package = p.pointer AND o.\"user\" = $2))
+               AND ($3::text IS NULL OR p.package_type = $3)
+               {position}
+             ORDER BY {sort} LIMIT $8)
+         SELECT {PACKAGE_COLUMNS}, page.exact, page.rank
+         FROM page JOIN {PACKAGE_FROM} ON p.pointer = page.pointer
+         ORDER BY {sort}"
     );
     let (count, time, exact, rank, pointer) = match after {
         Some(Position::Count(c, p)) => (Some(c), None, None, None, Some(p)),
