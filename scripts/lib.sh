@@ -46,3 +46,18 @@ ensure_grpcurl() {
     fi
     export PATH="$tools/bin:$PATH"
 }
+
+# moto's S3-compatible server, for the store's S3 storage test (CI requires it; elsewhere the
+# test says it is skipped). Into the same private virtualenv as grpcurl.
+ensure_moto() {
+    if command -v moto_server >/dev/null; then return; fi
+    local tools="$PWD/target/tools"
+    ensure_grpcurl
+    if [ ! -x "$tools/bin/moto_server" ]; then
+        if [ ! -x "$tools/bin/pip" ]; then
+            python3 -m venv "$tools" || { apt_install python3-venv; python3 -m venv "$tools"; }
+        fi
+        "$tools/bin/pip" install -q 'moto[server]'
+    fi
+    export PATH="$tools/bin:$PATH"
+}

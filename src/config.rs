@@ -147,6 +147,19 @@ pub struct Config {
     #[arg(long, env = "QUINTET_REGISTRY_MAX_TARBALL_BYTES", default_value_t = 50 * 1024 * 1024, global = true)]
     pub registry_max_tarball_bytes: u64,
 
+    /// Bucket of the store's `lakery.aws.s3@v1` storage (`s3://bucket/prefix`, with the usual
+    /// `AWS_*` variables). Unset: that storage is not offered.
+    #[arg(long, env = "QUINTET_STORE_S3_URL", global = true)]
+    pub store_s3_url: Option<String>,
+
+    /// Largest content the store keeps inline in the database (`lakery.json_storage_data@v1`).
+    #[arg(long, env = "QUINTET_STORE_INLINE_MAX_BYTES", default_value_t = 100 * 1024, global = true)]
+    pub store_inline_max_bytes: u64,
+
+    /// Largest single content the store accepts, in bytes.
+    #[arg(long, env = "QUINTET_STORE_MAX_CONTENT_BYTES", default_value_t = 64 * 1024 * 1024 * 1024, global = true)]
+    pub store_max_content_bytes: u64,
+
     /// Directory holding the PostgreSQL server binaries (`initdb`, `postgres`) for the embedded
     /// cluster. Default: `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
     #[arg(long, env = "QUINTET_PG_BINDIR", global = true)]

@@ -15,6 +15,7 @@ pub mod page_token;
 pub mod proto;
 pub mod registry;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 use tokio::signal::unix::{SignalKind, signal};

@@ -155,3 +155,56 @@ pub async fn notify<'e, E: PgExecutor<'e>>(
         .await?;
     Ok(())
 }
+
+/// How long a follower sleeps without a notification before it reads again anyway: a safety net
+/// should a notification be lost without a resync.
+const FOLLOW_POLL: Duration = Duration::from_secs(30);
+
+/// A server stream of rows after `cursor`, then of new rows as they are committed on any replica.
+/// `fetch(cursor, limit)` returns up to `limit` `(seq, message)` pairs with `seq > cursor`, in seq
+/// order; the stream wakes on notifications on `channel`, and ends when the client goes away,
+/// the server shuts down, or `fetch` fails (with its error).
+pub fn follow<T, F, Fut>(
+    notifier: &Notifier,
+    channel: &'static str,
+    shutdown: CancellationToken,
+    mut cursor: i64,
+    mut fetch: F,
+) -> tokio_stream::wrappers::ReceiverStream<std::result::Result<T, tonic::Status>>
+where
+    T: Send + 'static,
+    F: FnMut(i64, i64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<(i64, T)>>> + Send,
+{
+    const BATCH: i64 = 500;
+    // Subscribe before the first read: whatever commits after that read wakes us.
+    let mut wakeups = notifier.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let rows = match fetch(cursor, BATCH).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    let _ = tx.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            let caught_up = (rows.len() as i64) < BATCH;
+            for (seq, message) in rows {
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                cursor = seq;
+            }
+            if caught_up {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    woke = wakeups.recv_on(channel) => if woke.is_none() { return },
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

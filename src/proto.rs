@@ -1,5 +1,7 @@
 //! The only place generated protobuf code is included. Modules mirror the proto packages.
 
+// Generated code: oneofs mirror the wire format, whatever their variants' sizes.
+#[allow(clippy::large_enum_variant)]
 pub mod quintet {
     pub mod admin {
         pub mod v1 {
@@ -9,6 +11,11 @@ pub mod quintet {
     pub mod registry {
         pub mod v1 {
             tonic::include_proto!("quintet.registry.v1");
+        }
+    }
+    pub mod store {
+        pub mod v1 {
+            tonic::include_proto!("quintet.store.v1");
         }
     }
 }

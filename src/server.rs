@@ -29,14 +29,19 @@ use crate::{
         quintet::{
             admin::v1::admin_service_server::AdminServiceServer,
             registry::v1::registry_service_server::RegistryServiceServer,
+            store::v1::store_service_server::StoreServiceServer,
         },
     },
     registry::{Identity, RegistryService},
+    store::StoreService,
     telemetry::{RpcLayer, method_paths},
 };
 
 /// The `NOTIFY` channels services listen on; each service adds its own.
-const CHANNELS: &[&str] = &[crate::registry::EVENTS_CHANNEL];
+const CHANNELS: &[&str] = &[
+    crate::registry::EVENTS_CHANNEL,
+    crate::store::MANIFESTS_CHANNEL,
+];
 /// How often the database is probed for the health service.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Uploads unfinished after this long are abandoned and their temporary bytes collected.
@@ -127,6 +132,7 @@ pub async fn start(
         &[
             "quintet.admin.v1.AdminService",
             "quintet.registry.v1.RegistryService",
+            "quintet.store.v1.StoreService",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
@@ -161,7 +167,7 @@ pub async fn start(
 
     let registry_service = RegistryServiceServer::new(RegistryService {
         pool: pool.clone(),
-        blobs: shared.blobs.clone(),
+        blobs: shared.blobs.scoped("registry"),
         identity: Identity::new(
             pool.clone(),
             shared.admin.clone(),
@@ -176,6 +182,29 @@ pub async fn start(
     .max_encoding_message_size(max)
     .accept_compressed(gzip)
     .send_compressed(gzip);
+
+    let store = StoreService {
+        pool: pool.clone(),
+        admin: shared.admin.clone(),
+        file: shared.blobs.scoped("store"),
+        s3: config
+            .store_s3_url
+            .as_deref()
+            .map(BlobStore::from_url)
+            .transpose()
+            .context("QUINTET_STORE_S3_URL")?,
+        inline_max_bytes: config.store_inline_max_bytes,
+        max_content_bytes: config.store_max_content_bytes,
+        page_tokens: shared.page_tokens.clone(),
+        notifier: shared.notifier.clone(),
+        shutdown: shutdown.clone(),
+    };
+    spawn_store_collector(store.clone_for_stream(), shutdown.clone());
+    let store_service = StoreServiceServer::new(store)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .accept_compressed(gzip)
+        .send_compressed(gzip);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -213,7 +242,8 @@ pub async fn start(
                 .send_compressed(gzip),
         )
         .add_service(admin_service)
-        .add_service(registry_service);
+        .add_service(registry_service)
+        .add_service(store_service);
 
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
@@ -236,14 +266,41 @@ pub async fn start(
     })
 }
 
+/// Collects the store's unreferenced bytes hourly (those of uploads cut off after their bytes
+/// were written), with an hour's grace for uploads still in flight.
+fn spawn_store_collector(store: StoreService, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+            match store.collect_garbage(Duration::from_secs(3600)).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "store: collected unreferenced bytes"),
+                Err(error) => tracing::warn!(%error, "store: garbage collection failed"),
+            }
+        }
+    });
+}
+
 /// Collects the temporary bytes of abandoned uploads, hourly.
 fn spawn_upload_collector(shared: Shared) {
     tokio::spawn(async move {
+        let scopes = [
+            shared.blobs.clone(),
+            shared.blobs.scoped("registry"),
+            shared.blobs.scoped("store"),
+        ];
         loop {
-            match shared.blobs.remove_stale_uploads(STALE_UPLOAD_AGE).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "removed abandoned uploads"),
-                Err(error) => tracing::warn!(%error, "cannot collect abandoned uploads"),
+            for blobs in &scopes {
+                match blobs.remove_stale_uploads(STALE_UPLOAD_AGE).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, ?blobs, "removed abandoned uploads"),
+                    Err(error) => {
+                        tracing::warn!(%error, ?blobs, "cannot collect abandoned uploads")
+                    }
+                }
             }
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,

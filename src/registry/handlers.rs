@@ -1,7 +1,7 @@
 //! gRPC handlers of the registry: authenticate, validate into domain types, run the queries in a
 //! transaction, encode.
 
-use std::{pin::Pin, time::Duration};
+use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -25,7 +25,7 @@ use crate::{
     auth::generate_token,
     blobs::{BlobInfo, BlobStore, Sha256},
     error::{Error, Result},
-    notify::Notifier,
+    notify::{self, Notifier},
     page_token::PageTokens,
     proto::quintet::registry::v1::{self as pb, registry_service_server},
 };
@@ -1033,43 +1033,25 @@ impl registry_service_server::RegistryService for RegistryService {
         &self,
         request: Request<pb::WatchRegistryEventsRequest>,
     ) -> std::result::Result<Response<Self::WatchRegistryEventsStream>, Status> {
-        let mut cursor = request.get_ref().after_seq;
+        let cursor = request.get_ref().after_seq;
         if cursor < 0 {
             return Err(Error::invalid_argument("after_seq", "must not be negative").into());
         }
-        // Subscribe before the first read: whatever commits after the read wakes us.
-        let mut wakeups = self.notifier.subscribe();
-        let (tx, rx) = mpsc::channel(64);
-        let (pool, shutdown) = (self.pool.clone(), self.shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                let events = match queries::events_after(&pool, cursor, 500).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        let _ = tx.send(Err(error.into())).await;
-                        return;
-                    }
-                };
-                let caught_up = events.len() < 500;
-                for event in &events {
-                    if tx.send(Ok(convert::event(event))).await.is_err() {
-                        return;
-                    }
-                    cursor = event.seq;
+        let pool = self.pool.clone();
+        let stream = notify::follow(
+            &self.notifier,
+            EVENTS_CHANNEL,
+            self.shutdown.clone(),
+            cursor,
+            move |after, limit| {
+                let pool = pool.clone();
+                async move {
+                    let events = queries::events_after(&pool, after, limit).await?;
+                    Ok(events.iter().map(|e| (e.seq, convert::event(e))).collect())
                 }
-                if !caught_up {
-                    continue;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    woke = wakeups.recv_on(EVENTS_CHANNEL) => if woke.is_none() { return },
-                    // A safety net should a notification be lost without a resync.
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

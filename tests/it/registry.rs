@@ -1559,7 +1559,11 @@ async fn owners_featured_and_deletion() {
         Code::AlreadyExists,
         "a deleted package's name stays reserved"
     );
-    let blobs = registry.server.data_dir.path().join("blobs/sha256");
+    let blobs = registry
+        .server
+        .data_dir
+        .path()
+        .join("blobs/registry/sha256");
     let left: usize = std::fs::read_dir(&blobs)
         .into_iter()
         .flatten()
