@@ -75,6 +75,8 @@ impl Notifier {
                         tracing::warn!("LISTEN connection was lost and re-established");
                         let _ = sender.send(Notification::Resync);
                     }
+                    // The pool closes only when the server is shutting down.
+                    Err(sqlx::Error::PoolClosed) => break,
                     Err(error) => {
                         tracing::warn!(%error, "LISTEN connection failed; reconnecting");
                         let _ = sender.send(Notification::Resync);

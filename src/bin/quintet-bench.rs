@@ -49,6 +49,29 @@ enum BenchCommand {
         #[arg(long, short = 'c', default_value_t = 32)]
         concurrency: usize,
     },
+    /// Store throughput: one large content put and got back, then many small objects, with
+    /// ring's SHA-256 speed on the same buffer size measured in the same process for reference.
+    Store {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, env = "QUINTET_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// Size of the large content, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        large_mib: usize,
+        /// Number of small objects.
+        #[arg(long, default_value_t = 10_000)]
+        small: usize,
+        /// Size of each small object's one content, in bytes.
+        #[arg(long, default_value_t = 4096)]
+        small_bytes: usize,
+        /// Concurrent clients for the small objects.
+        #[arg(long, short = 'c', default_value_t = 16)]
+        concurrency: usize,
+        /// Server process to report the peak RSS (VmHWM) of.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Serve only grpc.health.v1 on a bare tonic server (no layers, no database): the
     /// framework's limit, to compare `health` runs against.
     BaselineServer {
@@ -111,6 +134,26 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
         BenchCommand::Run(args) => run(args).await,
+        BenchCommand::Store {
+            target,
+            admin_token,
+            large_mib,
+            small,
+            small_bytes,
+            concurrency,
+            server_pid,
+        } => {
+            store_bench(
+                &target,
+                &admin_token,
+                large_mib,
+                small,
+                small_bytes,
+                concurrency,
+                server_pid,
+            )
+            .await
+        }
         BenchCommand::SeedRegistry {
             target,
             admin_token,
@@ -508,4 +551,208 @@ fn scenario_name(scenario: Scenario) -> &'static str {
         Scenario::RegistrySearch => "registry-search",
         Scenario::RegistryList => "registry-list",
     }
+}
+
+const MIB: usize = 1024 * 1024;
+
+fn peak_rss_mib(pid: Option<u32>) -> String {
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| format!("{:.1} MiB", kb / 1024.0))
+        .unwrap_or_else(|| "n/a".to_owned())
+}
+
+async fn store_bench(
+    target: &str,
+    admin_token: &str,
+    large_mib: usize,
+    small: usize,
+    small_bytes: usize,
+    concurrency: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    use pb::put_object_request::Part;
+    use quintet::proto::quintet::store::v1::{
+        self as pb, store_service_client::StoreServiceClient,
+    };
+    let channel = Channel::from_shared(target.to_owned())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 * MIB as u32))
+        .initial_connection_window_size(Some(16 * MIB as u32))
+        .max_frame_size(MIB as u32 - 1)
+        .connect()
+        .await?;
+    let client = || {
+        StoreServiceClient::new(channel.clone())
+            .max_decoding_message_size(64 * MIB)
+            .max_encoding_message_size(64 * MIB)
+    };
+    let header = |name: &str| pb::PutObjectRequest {
+        part: Some(Part::Content(pb::ContentHeader {
+            content_name: name.to_owned(),
+            content_type: "application/octet-stream".to_owned(),
+            serializer_name: "raw@v1".to_owned(),
+            serializer_type: pb::SerializerType::Stream as i32,
+            ..Default::default()
+        })),
+    };
+    let manifest = || pb::PutObjectRequest {
+        part: Some(Part::Manifest(pb::ManifestHeader {
+            class_id: "3f1c1a52-8a52-4a6e-9d0c-1d2f0e6a7b11".to_owned(),
+            unpacker_name: "bench@v1".to_owned(),
+            tags: None,
+        })),
+    };
+
+    // ring's SHA-256 on 1 MiB buffers: the hashing limit both directions pay.
+    let buffer = vec![0x5au8; MIB];
+    let started = Instant::now();
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for _ in 0..1024 {
+        context.update(&buffer);
+    }
+    std::hint::black_box(context.finish());
+    println!(
+        "ring sha256 (1 MiB buffers): {:.0} MB/s",
+        1024.0 * MIB as f64 / 1e6 / started.elapsed().as_secs_f64()
+    );
+
+    // One large content in 1 MiB messages, each different so nothing deduplicates.
+    let base = bytes::Bytes::from(vec![0xa5u8; MIB]);
+    let seed = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos(),
+    );
+    let header_large = header("large");
+    let first = manifest();
+    let messages =
+        futures::StreamExt::map(futures::stream::iter(0..large_mib + 2), move |i| match i {
+            0 => first.clone(),
+            1 => header_large.clone(),
+            n => {
+                let mut piece = bytes::BytesMut::from(&base[..]);
+                piece[..8].copy_from_slice(&(n as u64 ^ seed).to_le_bytes());
+                pb::PutObjectRequest {
+                    part: Some(Part::Chunk(piece.freeze())),
+                }
+            }
+        });
+    let started = Instant::now();
+    let stored = client()
+        .put_object(auth(messages, admin_token))
+        .await?
+        .into_inner();
+    let put_secs = started.elapsed().as_secs_f64();
+    let total = (large_mib * MIB) as f64;
+    println!(
+        "put {large_mib} MiB: {put_secs:.2}s, {:.0} MB/s",
+        total / 1e6 / put_secs
+    );
+    let id = stored.manifest.map(|m| m.id).unwrap_or_default();
+    let started = Instant::now();
+    let mut stream = client()
+        .get_object(auth(pb::GetObjectRequest { manifest_id: id }, admin_token))
+        .await?
+        .into_inner();
+    let mut received = 0usize;
+    while let Some(message) = stream.message().await? {
+        if let Some(pb::get_object_response::Part::Chunk(bytes)) = message.part {
+            received += bytes.len();
+        }
+    }
+    let get_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(received == large_mib * MIB, "got {received} bytes back");
+    println!(
+        "get {large_mib} MiB (verified): {get_secs:.2}s, {:.0} MB/s",
+        total / 1e6 / get_secs
+    );
+    println!("server peak RSS so far: {}", peak_rss_mib(server_pid));
+
+    // Many small objects.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(small)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, ids, token) = (next.clone(), ids.clone(), admin_token.to_owned());
+        let (mut client, first, value) = (client(), manifest(), header("value"));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= small {
+                    return anyhow::Ok(());
+                }
+                let mut data = vec![(i % 251) as u8; small_bytes.max(8)];
+                data[..8].copy_from_slice(&(i as u64 ^ seed).to_le_bytes());
+                let messages = vec![
+                    first.clone(),
+                    value.clone(),
+                    pb::PutObjectRequest {
+                        part: Some(Part::Chunk(data.into())),
+                    },
+                ];
+                let stored = client
+                    .put_object(auth(tokio_stream::iter(messages), &token))
+                    .await?
+                    .into_inner();
+                ids.lock()
+                    .unwrap()
+                    .push(stored.manifest.map(|m| m.id).unwrap_or_default());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "put {small} objects of {small_bytes} B: {secs:.1}s, {:.0} objects/s, {:.1} MB/s",
+        small as f64 / secs,
+        (small * small_bytes) as f64 / 1e6 / secs
+    );
+    let ids: Vec<String> = std::mem::take(&mut *ids.lock().unwrap());
+    let ids = Arc::new(ids);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, ids, token) = (next.clone(), ids.clone(), admin_token.to_owned());
+        let mut client = client();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = ids.get(i) else {
+                    return anyhow::Ok(());
+                };
+                let mut stream = client
+                    .get_object(auth(
+                        pb::GetObjectRequest {
+                            manifest_id: id.clone(),
+                        },
+                        &token,
+                    ))
+                    .await?
+                    .into_inner();
+                while stream.message().await?.is_some() {}
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "get {small} objects: {secs:.1}s, {:.0} objects/s, {:.1} MB/s",
+        small as f64 / secs,
+        (small * small_bytes) as f64 / 1e6 / secs
+    );
+    println!("server peak RSS: {}", peak_rss_mib(server_pid));
+    Ok(())
 }

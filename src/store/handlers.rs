@@ -358,7 +358,14 @@ async fn send_bytes<T>(
                 skip -= dropped;
                 let kept = take.min(chunk.len() as u64);
                 take -= kept;
-                pending.extend_from_slice(&chunk[..kept as usize]);
+                let mut chunk = chunk.slice(..kept as usize);
+                // Whole messages straight from the read buffer, without a copy.
+                while pending.is_empty() && chunk.len() >= SEND_CHUNK {
+                    if tx.send(Ok(wrap(chunk.split_to(SEND_CHUNK)))).await.is_err() {
+                        return false;
+                    }
+                }
+                pending.extend_from_slice(&chunk);
                 while pending.len() >= SEND_CHUNK {
                     if tx
                         .send(Ok(wrap(pending.split_to(SEND_CHUNK).freeze())))
