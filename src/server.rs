@@ -165,7 +165,7 @@ pub async fn start(
     .accept_compressed(gzip)
     .send_compressed(gzip);
 
-    let registry_service = RegistryServiceServer::new(RegistryService {
+    let registry = RegistryService {
         pool: pool.clone(),
         blobs: shared.blobs.scoped("registry"),
         identity: Identity::new(
@@ -177,11 +177,13 @@ pub async fn start(
         notifier: shared.notifier.clone(),
         shutdown: shutdown.clone(),
         max_tarball_bytes: config.registry_max_tarball_bytes,
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max)
-    .accept_compressed(gzip)
-    .send_compressed(gzip);
+    };
+    spawn_registry_collector(registry.clone(), shutdown.clone());
+    let registry_service = RegistryServiceServer::new(registry)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .accept_compressed(gzip)
+        .send_compressed(gzip);
 
     let store = StoreService {
         pool: pool.clone(),
@@ -269,6 +271,23 @@ pub async fn start(
         grace: config.shutdown_grace(),
         generated_admin_token,
     })
+}
+
+/// Collects tarballs of failed publishes hourly, with an hour's grace for publishes in flight.
+fn spawn_registry_collector(registry: RegistryService, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+            match registry.collect_garbage(Duration::from_secs(3600)).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "registry: collected orphan tarballs"),
+                Err(error) => tracing::warn!(%error, "registry: garbage collection failed"),
+            }
+        }
+    });
 }
 
 /// Collects the store's unreferenced bytes hourly (those of uploads cut off after their bytes

@@ -1,7 +1,7 @@
 //! gRPC handlers of the registry: authenticate, validate into domain types, run the queries in a
 //! transaction, encode.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -36,6 +36,7 @@ const MAX_SCAN: usize = 2000;
 /// Size of the chunks a download is sent in.
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
+#[derive(Clone)]
 pub struct RegistryService {
     pub pool: PgPool,
     pub blobs: BlobStore,
@@ -1215,6 +1216,27 @@ impl RegistryService {
         let owners = queries::owners(&mut *tx, pointer).await?;
         tx.commit().await?;
         Ok(owners.into_iter().map(|u| u.username).collect())
+    }
+
+    /// Removes tarballs older than `grace` that no live version points at: those of publishes
+    /// that failed after their upload (refused manifest, lost race, client gone). A publish
+    /// still in flight past the grace period finds its bytes gone and is told to retry.
+    pub async fn collect_garbage(&self, grace: Duration) -> Result<usize> {
+        let cutoff = std::time::SystemTime::now() - grace;
+        let mut removed = 0;
+        for (sha256, written) in self.blobs.list().await? {
+            if written >= cutoff {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            queries::lock_tarball(&mut tx, &sha256).await?;
+            if !queries::tarball_in_use(&mut *tx, &sha256).await? {
+                self.blobs.delete(&sha256).await?;
+                removed += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(removed)
     }
 
     /// Removes tarballs no live version points at any more. Each check-and-delete holds the

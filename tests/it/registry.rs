@@ -1645,3 +1645,73 @@ async fn events_follow_live_across_replicas_and_resume_without_gaps() {
         .unwrap_err();
     assert_eq!(negative.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn garbage_collection_removes_orphan_tarballs_only() {
+    let registry = Registry::start().await;
+    let alice = registry.sign_in("alice").await;
+    let kept = tarball("kept");
+    publish(registry.client(), &alice, manifest("kept", "1.0.0"), &kept)
+        .await
+        .unwrap();
+    // A publish refused after its upload (a version number already used) leaves its bytes behind.
+    let orphan = tarball("orphan bytes");
+    let refused = publish_version(
+        registry.client(),
+        &alice,
+        "kept",
+        manifest("kept", "1.0.0"),
+        &orphan,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+
+    // A second process on the same database and data directory runs the collection.
+    let pool = quintet::db::connect(registry.server.database.clone(), 2)
+        .await
+        .unwrap();
+    let blobs = quintet::blobs::BlobStore::local(&registry.server.data_dir.path().join("blobs"))
+        .unwrap()
+        .scoped("registry");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (admin, _) = quintet::auth::AdminAuth::init(
+        pool.clone(),
+        Some(&registry.server.admin_token),
+        registry.server.data_dir.path(),
+    )
+    .await
+    .unwrap();
+    let collector = quintet::registry::RegistryService {
+        pool: pool.clone(),
+        blobs: blobs.clone(),
+        identity: quintet::registry::Identity::new(pool.clone(), admin, "http://127.0.0.1:1")
+            .unwrap(),
+        page_tokens: quintet::page_token::PageTokens::load(&pool).await.unwrap(),
+        notifier: quintet::notify::Notifier::start(&pool, &[], shutdown.clone())
+            .await
+            .unwrap(),
+        shutdown: shutdown.clone(),
+        max_tarball_bytes: 1 << 20,
+    };
+    assert_eq!(
+        collector
+            .collect_garbage(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "young bytes are spared"
+    );
+    assert_eq!(
+        collector
+            .collect_garbage(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    let orphan_sha = quintet::blobs::Sha256::of(&orphan);
+    assert!(!blobs.exists(&orphan_sha).await.unwrap());
+    let (_, bytes) = download(registry.client(), "kept", "1.0.0").await.unwrap();
+    assert_eq!(bytes, kept, "referenced tarballs stay");
+    shutdown.cancel();
+}
