@@ -139,6 +139,12 @@ impl AdminAuth {
         let (token, origin, created) = match configured {
             Some(token) => (token.clone(), "config", None),
             None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    anyhow::Error::new(e).context(format!(
+                        "cannot create the data directory {}",
+                        data_dir.display()
+                    ))
+                })?;
                 let path = data_dir.join(ADMIN_TOKEN_FILE);
                 match std::fs::read_to_string(&path) {
                     Ok(text) if !text.trim().is_empty() => {
@@ -150,7 +156,12 @@ impl AdminAuth {
                     ),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let token = generate_token(ADMIN_TOKEN_PREFIX);
-                        write_private_file(&path, token.expose())?;
+                        write_private_file(&path, token.expose()).map_err(|e| {
+                            e.context(format!(
+                                "cannot write the admin token to {}",
+                                path.display()
+                            ))
+                        })?;
                         (token, "data-dir", Some(path))
                     }
                     Err(e) => {

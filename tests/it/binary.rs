@@ -176,6 +176,35 @@ fn the_binary_serves_reflection_and_health_then_stops_cleanly_and_keeps_its_data
     assert!(sigterm_and_wait(running).success());
 }
 
+#[tokio::test]
+async fn with_database_url_it_uses_that_server_and_starts_none() {
+    let url = crate::harness::fresh_database_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A data directory that does not exist yet: quintet makes it for its token and blobs.
+    let data = dir.path().join("not-yet");
+    let running = start_with(&data, &[("DATABASE_URL", url.as_str())]);
+    let auth = format!(
+        "authorization: Bearer {}",
+        std::fs::read_to_string(data.join("admin-token"))
+            .unwrap()
+            .trim()
+    );
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        &running.addr,
+        "quintet.admin.v1.AdminService/GetServerInfo",
+    ]);
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["database"]["mode"], "DATABASE_MODE_EXTERNAL");
+    assert!(
+        !data.join("postgres").exists(),
+        "no embedded cluster was made"
+    );
+    assert!(sigterm_and_wait(running).success());
+}
+
 fn one_line_error(envs: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(BINARY)

@@ -13,10 +13,19 @@ use quintet::{
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
+enum UrlBase {
+    /// `DATABASE_URL` as given.
+    External(String),
+    /// The embedded cluster's socket directory.
+    Socket(PathBuf),
+}
+
 struct TestCluster {
     /// Connection options to the maintenance database (`postgres`), from which test databases
     /// are created.
     admin: PgConnectOptions,
+    /// How a separate process reaches the cluster: a URL without the database name's path.
+    url: UrlBase,
     template: String,
     /// Kept alive for the whole process: its parent-death signal stops it when the tests exit.
     _embedded: Option<EmbeddedPostgres>,
@@ -42,10 +51,15 @@ fn cluster() -> &'static TestCluster {
 }
 
 async fn set_up_cluster() -> TestCluster {
-    let (admin, embedded, dir) = match std::env::var("DATABASE_URL") {
+    let (admin, url, embedded, dir) = match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let options: PgConnectOptions = url.parse().expect("DATABASE_URL");
-            (options.database("postgres"), None, None)
+            (
+                options.database("postgres"),
+                UrlBase::External(url),
+                None,
+                None,
+            )
         }
         Err(_) => {
             let dir = tempfile::Builder::new()
@@ -58,8 +72,10 @@ async fn set_up_cluster() -> TestCluster {
             let embedded = EmbeddedPostgres::start(options)
                 .await
                 .expect("the test harness needs the PostgreSQL server binaries (apt-get install postgresql) or DATABASE_URL");
+            let socket = UrlBase::Socket(embedded.pgdata().to_owned());
             (
                 embedded.connect_options_for("postgres"),
+                socket,
                 Some(embedded),
                 Some(dir),
             )
@@ -77,6 +93,7 @@ async fn set_up_cluster() -> TestCluster {
     pool.close().await;
     TestCluster {
         admin,
+        url,
         template,
         _embedded: embedded,
         _dir: dir,
@@ -111,6 +128,24 @@ pub async fn fresh_database() -> PgConnectOptions {
     .await;
     conn.close().await.unwrap();
     cluster.admin.clone().database(&name)
+}
+
+/// A `DATABASE_URL` for a fresh, migrated database, for a separate process.
+pub async fn fresh_database_url() -> String {
+    let options = fresh_database().await;
+    let database = options.get_database().expect("a database name").to_owned();
+    match &cluster().url {
+        UrlBase::Socket(dir) => format!(
+            "postgres://{}@localhost/{database}?host={}",
+            quintet::db::embedded::SUPERUSER,
+            dir.display()
+        ),
+        UrlBase::External(url) => {
+            let mut parsed = url::Url::parse(url).expect("DATABASE_URL");
+            parsed.set_path(&database);
+            parsed.to_string()
+        }
+    }
 }
 
 /// A pool on a fresh database.
