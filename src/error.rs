@@ -215,6 +215,8 @@ mod sqlstate {
     pub const OPERATOR_INTERVENTION_CLASS: &str = "57P";
     /// Class 22: data exception (value out of range, invalid text representation...).
     pub const DATA_EXCEPTION_CLASS: &str = "22";
+    /// Class 54: program limit exceeded (a value too large for the database to index or store).
+    pub const PROGRAM_LIMIT_CLASS: &str = "54";
 }
 
 impl From<sqlx::Error> for Error {
@@ -274,6 +276,9 @@ fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> Option<Error>
         }
         c if c.starts_with(sqlstate::INSUFFICIENT_RESOURCES_CLASS) => {
             Error::Unavailable("database out of resources".to_owned())
+        }
+        c if c.starts_with(sqlstate::PROGRAM_LIMIT_CLASS) => {
+            Error::invalid_argument("request", "too large for the database to store")
         }
         c if c.starts_with(sqlstate::DATA_EXCEPTION_CLASS) => {
             Error::invalid_argument(column.unwrap_or_else(|| "request".to_owned()), db.message())

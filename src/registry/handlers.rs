@@ -240,6 +240,20 @@ impl RegistryService {
     }
 }
 
+/// Some actions need the user's own sign-in: a leaked API token must not manage tokens or take a
+/// package over.
+fn refuse_api_tokens(caller: &Caller, action: &str) -> Result<()> {
+    match caller {
+        Caller::User {
+            grant: Grant::Token { .. },
+            ..
+        } => Err(Error::PermissionDenied(format!(
+            "{action} needs the owner's sign-in, not an API token"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn order_of(sort: pb::SortBy, search: bool) -> Result<Order> {
     Ok(match sort {
         pb::SortBy::Unspecified if search => Order::Relevance,
@@ -391,6 +405,7 @@ impl registry_service_server::RegistryService for RegistryService {
         request: Request<pb::ListApiTokensRequest>,
     ) -> std::result::Result<Response<pb::ListApiTokensResponse>, Status> {
         let caller = self.caller(&request).await?;
+        refuse_api_tokens(&caller, "managing tokens")?;
         let wanted = request.get_ref().username.as_str();
         let user = match &caller {
             Caller::Admin if wanted.is_empty() => {
@@ -422,6 +437,7 @@ impl registry_service_server::RegistryService for RegistryService {
         request: Request<pb::RevokeApiTokenRequest>,
     ) -> std::result::Result<Response<pb::RevokeApiTokenResponse>, Status> {
         let caller = self.caller(&request).await?;
+        refuse_api_tokens(&caller, "managing tokens")?;
         let id = Uuid::parse_str(&request.get_ref().id)
             .map_err(|_| Error::invalid_argument("id", "not a token id"))?;
         let owner = match &caller {
@@ -931,16 +947,7 @@ impl registry_service_server::RegistryService for RegistryService {
         let requested = lookup_name("package_name", &request.get_ref().package_name)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let (pointer, name) = queries::lock(&mut tx, &requested).await?;
-        if let Caller::User {
-            grant: Grant::Token { .. },
-            ..
-        } = caller
-        {
-            return Err(Error::PermissionDenied(
-                "deleting a package needs the owner's sign-in, not an API token".to_owned(),
-            )
-            .into());
-        }
+        refuse_api_tokens(&caller, "deleting a package")?;
         self.require_owner(&caller, pointer, "delete the package")
             .await?;
         let tarballs = queries::mark_package_deleted(&mut tx, pointer).await?;
@@ -1192,15 +1199,7 @@ impl RegistryService {
         add: bool,
     ) -> Result<Vec<String>> {
         let caller = self.caller(request).await?;
-        if let Caller::User {
-            grant: Grant::Token { .. },
-            ..
-        } = caller
-        {
-            return Err(Error::PermissionDenied(
-                "changing owners needs the owner's sign-in, not an API token".to_owned(),
-            ));
-        }
+        refuse_api_tokens(&caller, "changing owners")?;
         let requested = lookup_name("package_name", package)?;
         let user =
             queries::user_by_name(&self.pool, &parse_username("username", username)?).await?;

@@ -132,10 +132,12 @@ pub async fn upsert_provider_user(
 ) -> Result<UserRow> {
     let mut tx = pool.begin().await?;
     // Logins can change hands at the provider: a login now belonging to another account moves
-    // to it, and the previous holder keeps a disambiguated name.
+    // to it, and the previous holder (even an unclaimed admin-made user, when this account
+    // already has a row) keeps a disambiguated name.
     sqlx::query(
         "UPDATE registry.users SET username = username || '~' || left(uuid::text, 8)
-         WHERE username = $1 AND node_id IS NOT NULL AND node_id <> $2",
+         WHERE username = $1 AND node_id IS DISTINCT FROM $2
+           AND (node_id IS NOT NULL OR EXISTS (SELECT 1 FROM registry.users WHERE node_id = $2))",
     )
     .bind(login)
     .bind(node_id)
@@ -330,9 +332,10 @@ fn package_data(manifest: &Manifest, readme: &str) -> Value {
     })
 }
 
+/// Bounded so the document stays under PostgreSQL's 1 MiB tsvector limit whatever the input.
 const SEARCH_DOCUMENT: &str = "setweight(to_tsvector('simple', $2), 'A')
-    || setweight(to_tsvector('english', $3), 'B')
-    || setweight(to_tsvector('english', left($4, 200000)), 'D')";
+    || setweight(to_tsvector('english', left($3, 60000)), 'B')
+    || setweight(to_tsvector('english', left($4, 100000)), 'D')";
 
 fn search_text(manifest: &Manifest) -> String {
     format!("{} {}", manifest.description, manifest.keywords.join(" "))

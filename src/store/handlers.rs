@@ -37,6 +37,8 @@ pub const INLINE: &str = "lakery.json_storage_data@v1";
 pub const FILE: &str = "lakery.file@v1";
 /// Lakery's name for an S3 bucket.
 pub const S3: &str = "lakery.aws.s3@v1";
+/// Longest grace period CollectGarbage takes (ten years).
+const MAX_GRACE_SECONDS: i64 = 10 * 366 * 24 * 3600;
 /// Size of the byte messages sent to clients.
 const SEND_CHUNK: usize = 1024 * 1024;
 
@@ -726,10 +728,12 @@ impl store_service_server::StoreService for StoreService {
         self.admin.require_admin(&request).await?;
         let grace = match request.get_ref().grace_seconds {
             0 => 3600,
-            n if n < 0 => {
-                return Err(
-                    Error::invalid_argument("grace_seconds", "must not be negative").into(),
-                );
+            n if !(0..=MAX_GRACE_SECONDS).contains(&n) => {
+                return Err(Error::invalid_argument(
+                    "grace_seconds",
+                    format!("must be 0 to {MAX_GRACE_SECONDS}"),
+                )
+                .into());
             }
             n => n as u64,
         };

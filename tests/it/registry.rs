@@ -80,11 +80,16 @@ impl FakeIdentity {
 
     /// Registers an OAuth token for `login` and returns it.
     pub fn user(&self, login: &str) -> String {
+        self.account(login, &format!("NODE_{login}"))
+    }
+
+    /// Registers an OAuth token for the account `node_id`, now called `login`.
+    pub fn account(&self, login: &str, node_id: &str) -> String {
         let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
         self.users
             .lock()
             .unwrap()
-            .insert(token.clone(), (login.to_owned(), format!("NODE_{login}")));
+            .insert(token.clone(), (login.to_owned(), node_id.to_owned()));
         token
     }
 }
@@ -1161,6 +1166,23 @@ async fn scoped_tokens_do_only_what_they_say() {
         .unwrap_err();
     assert_eq!(field_of(&no_scope), "scopes");
 
+    // An API token cannot see or revoke its user's tokens.
+    let token_lists = client
+        .list_api_tokens(authed(pb::ListApiTokensRequest::default(), &own.token))
+        .await
+        .unwrap_err();
+    assert_eq!(token_lists.code(), Code::PermissionDenied);
+    let token_revokes = client
+        .revoke_api_token(authed(
+            pb::RevokeApiTokenRequest {
+                id: uuid::Uuid::new_v4().to_string(),
+            },
+            &own.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(token_revokes.code(), Code::PermissionDenied);
+
     // Listing shows no secret; revoking stops the token; nobody else can revoke it.
     let listed = client
         .list_api_tokens(authed(pb::ListApiTokensRequest::default(), &dave))
@@ -1714,4 +1736,57 @@ async fn garbage_collection_removes_orphan_tarballs_only() {
     let (_, bytes) = download(registry.client(), "kept", "1.0.0").await.unwrap();
     assert_eq!(bytes, kept, "referenced tarballs stay");
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn accounts_renamed_at_the_provider_keep_their_identity() {
+    let registry = Registry::start().await;
+    let mut client = registry.client();
+    // The admin made "bob" by name; "robert" signed in; then robert renames himself "bob".
+    client
+        .create_user(authed(
+            pb::CreateUserRequest {
+                username: "bob".into(),
+            },
+            &registry.admin(),
+        ))
+        .await
+        .unwrap();
+    let robert = registry.identity.account("robert", "NODE_R");
+    let before = client
+        .sign_in(authed(pb::SignInRequest {}, &robert))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let renamed = registry.identity.account("bob", "NODE_R");
+    let after = client
+        .sign_in(authed(pb::SignInRequest {}, &renamed))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(after.id, before.id, "the same account");
+    assert_eq!(after.username, "bob");
+    // A new account taking a login someone had: the login moves, the old holder is renamed away.
+    let carol = registry.identity.account("carol", "NODE_C1");
+    let first = client
+        .sign_in(authed(pb::SignInRequest {}, &carol))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let other_carol = registry.identity.account("carol", "NODE_C2");
+    let second = client
+        .sign_in(authed(pb::SignInRequest {}, &other_carol))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_ne!(first.id, second.id);
+    assert_eq!(second.username, "carol");
 }

@@ -418,6 +418,16 @@ async fn bad_uploads_are_refused_by_field_and_store_nothing() {
             "{error:?}"
         );
     }
+    let forever = client(&server)
+        .collect_garbage(authed(
+            pb::CollectGarbageRequest {
+                grace_seconds: i64::MAX,
+            },
+            server.admin_token.expose(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&forever), "grace_seconds");
     let anonymous = client(&server)
         .put_object(tokio_stream::iter(object(&[("a", "", b"x")], 1)))
         .await
