@@ -196,4 +196,25 @@ mod tests {
         let error = c.decode::<Position>("q", &token).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends as a token, decoding answers INVALID_ARGUMENT or a position,
+        /// never a panic; and any position round-trips.
+        #[test]
+        fn arbitrary_tokens_never_panic(token in ".{0,300}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let c = codec();
+            for candidate in [token, URL_SAFE_NO_PAD.encode(&bytes)] {
+                if let Err(e) = c.decode::<Position>("q", &candidate) {
+                    proptest::prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                }
+            }
+        }
+
+        #[test]
+        fn positions_round_trip(n in proptest::prelude::any::<i64>(), s in ".{0,64}", query in ".{0,64}") {
+            let c = codec();
+            let token = c.encode(&query, &(n, s.clone()));
+            proptest::prop_assert_eq!(c.decode::<Position>(&query, &token).unwrap(), Some((n, s)));
+        }
+    }
 }

@@ -472,4 +472,36 @@ mod tests {
             assert!(parse_username("u", bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        /// Client text never panics the parsers, and what they accept satisfies their rules.
+        #[test]
+        fn parsers_never_panic(text in ".{0,300}") {
+            if let Ok(name) = PackageName::check(&text) {
+                proptest::prop_assert!(name.as_str().len() <= MAX_NAME_LEN);
+                proptest::prop_assert!(name.as_str().bytes().all(|b| !b.is_ascii_uppercase()));
+            }
+            let _ = Semver::parse("v", &text);
+            let _ = EngineRange::parse("r", &text);
+            let _ = EditorVersion::parse("e", &text);
+            let _ = parse_username("u", &text);
+            let _ = Manifest::parse("m", &text);
+        }
+
+        /// `latest` is an offered version, and no offered release is above it.
+        #[test]
+        fn latest_is_the_highest_release(versions in proptest::collection::vec((0u64..5, 0u64..5, 0u64..5, proptest::prelude::any::<bool>()), 1..12)) {
+            let parsed: Vec<Semver> = versions
+                .iter()
+                .map(|(a, b, c, pre)| Semver::parse("v", &format!("{a}.{b}.{c}{}", if *pre { "-rc.1" } else { "" })).unwrap())
+                .collect();
+            let latest = choose_latest(parsed.iter().map(|v| (v, v))).unwrap();
+            if parsed.iter().any(|v| !v.is_prerelease()) {
+                proptest::prop_assert!(!latest.is_prerelease());
+                proptest::prop_assert!(parsed.iter().filter(|v| !v.is_prerelease()).all(|v| v <= latest));
+            } else {
+                proptest::prop_assert!(parsed.iter().all(|v| v <= latest));
+            }
+        }
+    }
 }
