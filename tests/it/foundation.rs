@@ -302,3 +302,45 @@ async fn unknown_methods_are_unimplemented_not_internal() {
         .unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn the_concurrency_limit_queues_and_grpc_timeout_bounds_the_wait() {
+    use quintet::proto::quintet::registry::v1::{
+        self as pb, registry_service_client::RegistryServiceClient,
+    };
+    let server = TestServer::start_with(|c| c.concurrency_limit = 1).await;
+    // A client-streaming call holds the only slot while its stream stays open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::PublishPackageRequest>(1);
+    let mut holder = RegistryServiceClient::new(server.channel.clone());
+    let token = server.admin_token.expose().to_owned();
+    let held = tokio::spawn(async move {
+        holder
+            .publish_package(authed(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &token,
+            ))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut waiting = tonic::Request::new(HealthCheckRequest::default());
+    waiting.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let error = HealthClient::new(server.channel.clone())
+        .check(waiting)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the client's grpc-timeout was honoured"
+    );
+
+    // Once the slot is free, calls go through again.
+    drop(tx);
+    let _ = held.await;
+    assert_eq!(check(&server, "").await.unwrap(), ServingStatus::Serving);
+}
