@@ -128,6 +128,19 @@ impl PageTokens {
     }
 }
 
+/// A requested page size: 0 means `default`, anything negative or above `max` is refused.
+pub fn page_size(field: &str, requested: i32, default: i64, max: i64) -> Result<i64> {
+    match requested {
+        0 => Ok(default),
+        n if n < 0 => Err(Error::invalid_argument(field, "must not be negative")),
+        n if i64::from(n) > max => Err(Error::invalid_argument(
+            field,
+            format!("must be at most {max}"),
+        )),
+        n => Ok(i64::from(n)),
+    }
+}
+
 fn fingerprint(query: &str) -> [u8; 8] {
     let digest = digest::digest(&digest::SHA256, query.as_bytes());
     digest.as_ref()[..8].try_into().expect("8 bytes")

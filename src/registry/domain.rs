@@ -367,19 +367,6 @@ pub fn parse_username(field: &str, name: &str) -> Result<String> {
     }
 }
 
-/// A page size: 0 means `default`, anything above `max` is refused.
-pub fn page_size(field: &str, requested: i32, default: i64, max: i64) -> Result<i64> {
-    match requested {
-        0 => Ok(default),
-        n if n < 0 => Err(Error::invalid_argument(field, "must not be negative")),
-        n if i64::from(n) > max => Err(Error::invalid_argument(
-            field,
-            format!("must be at most {max}"),
-        )),
-        n => Ok(i64::from(n)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use super::{
     convert,
     domain::{
         EditorVersion, MAX_README_BYTES, Manifest, NameProblem, PackageName, Scope, Semver,
-        lookup_name, page_size, parse_username,
+        lookup_name, parse_username,
     },
     identity::{API_TOKEN_PREFIX, Caller, Grant, Identity},
     queries::{self, EVENTS_CHANNEL, Filter, Order, Position},
@@ -26,7 +26,7 @@ use crate::{
     blobs::{BlobInfo, BlobStore, Sha256},
     error::{Error, Result},
     notify::{self, Notifier},
-    page_token::PageTokens,
+    page_token::{PageTokens, page_size},
     proto::quintet::registry::v1::{self as pb, registry_service_server},
 };
 
@@ -1131,14 +1131,7 @@ impl RegistryService {
     }
 
     fn star_position(&self, scope: &str, token: &str) -> Result<Option<queries::StarPosition>> {
-        let after: Option<(i64, Uuid)> = self.page_tokens.decode(scope, token)?;
-        after
-            .map(|(micros, id)| {
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-                    .map(|t| (t, id))
-                    .map_err(|_| Error::invalid_argument("page_token", "not a page token"))
-            })
-            .transpose()
+        self.page_tokens.decode(scope, token)
     }
 
     fn next_star_token<T>(
@@ -1151,9 +1144,8 @@ impl RegistryService {
         if rows.len() as i64 <= size {
             return String::new();
         }
-        let (at, id) = key(&rows[size as usize - 1]);
         self.page_tokens
-            .encode(scope, &((at.unix_timestamp_nanos() / 1000) as i64, id))
+            .encode(scope, &key(&rows[size as usize - 1]))
     }
 
     async fn set_yanked<T>(

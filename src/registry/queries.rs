@@ -859,11 +859,11 @@ pub enum Order {
     Relevance,
 }
 
-/// Where a page ends: the last row's sort values. Times are microseconds since the epoch.
+/// Where a page ends: the last row's sort values.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub enum Position {
     Count(i64, Uuid),
-    Time(i64, Uuid),
+    Time(OffsetDateTime, Uuid),
     Relevance {
         exact: bool,
         rank: f32,
@@ -889,12 +889,11 @@ pub struct ListedRow {
 impl ListedRow {
     pub fn position(&self, order: Order) -> Position {
         let p = &self.package;
-        let micros = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64;
         match order {
             Order::Downloads => Position::Count(p.downloads, p.pointer),
             Order::Stars => Position::Count(p.stargazers_count, p.pointer),
-            Order::Created => Position::Time(micros(p.created), p.pointer),
-            Order::Updated => Position::Time(micros(p.updated), p.pointer),
+            Order::Created => Position::Time(p.created, p.pointer),
+            Order::Updated => Position::Time(p.updated, p.pointer),
             Order::Relevance => Position::Relevance {
                 exact: self.exact,
                 rank: self.rank,
@@ -986,16 +985,7 @@ pub async fn list(
     );
     let (count, time, exact, rank, pointer) = match after {
         Some(Position::Count(c, p)) => (Some(c), None, None, None, Some(p)),
-        Some(Position::Time(t, p)) => (
-            None,
-            Some(
-                OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1000)
-                    .map_err(|_| Error::invalid_argument("page_token", "not a page token"))?,
-            ),
-            None,
-            None,
-            Some(p),
-        ),
+        Some(Position::Time(t, p)) => (None, Some(t), None, None, Some(p)),
         Some(Position::Relevance {
             exact,
             rank,

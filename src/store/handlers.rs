@@ -27,7 +27,7 @@ use crate::{
     blobs::{BlobStore, ByteStream, Sha256},
     error::{Error, Result},
     notify::{self, Notifier},
-    page_token::PageTokens,
+    page_token::{PageTokens, page_size},
     proto::quintet::store::v1::{self as pb, store_service_server},
 };
 
@@ -616,33 +616,15 @@ impl store_service_server::StoreService for StoreService {
     ) -> std::result::Result<Response<pb::ListManifestsResponse>, Status> {
         self.admin.require_admin(&request).await?;
         let message = request.into_inner();
-        let size = match message.page_size {
-            0 => 100,
-            n if !(1..=1000).contains(&n) => {
-                return Err(Error::invalid_argument("page_size", "must be 0 to 1000").into());
-            }
-            n => i64::from(n),
-        };
+        let size = page_size("page_size", message.page_size, 100, 1000)?;
         let scope = format!("store.ListManifests?{:?}", message.filter);
         let filter = filter_of("filter", message.filter)?;
-        let after: Option<(i64, Uuid)> = self.page_tokens.decode(&scope, &message.page_token)?;
-        let after = after
-            .map(|(micros, id)| {
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-                    .map(|t| (t, id))
-                    .map_err(|_| Error::invalid_argument("page_token", "not a page token"))
-            })
-            .transpose()?;
+        let after: Option<(time::OffsetDateTime, Uuid)> =
+            self.page_tokens.decode(&scope, &message.page_token)?;
         let rows = queries::list_manifests(&self.pool, &filter, after, size + 1).await?;
         let next_page_token = if rows.len() as i64 > size {
             let last = &rows[size as usize - 1];
-            self.page_tokens.encode(
-                &scope,
-                &(
-                    (last.created_at.unix_timestamp_nanos() / 1000) as i64,
-                    last.id,
-                ),
-            )
+            self.page_tokens.encode(&scope, &(last.created_at, last.id))
         } else {
             String::new()
         };
