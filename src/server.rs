@@ -46,6 +46,8 @@ const CHANNELS: &[&str] = &[
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Uploads unfinished after this long are abandoned and their temporary bytes collected.
 const STALE_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Unreferenced bytes younger than this are spared: their upload may still be committing.
+const COLLECT_GRACE: Duration = Duration::from_secs(3600);
 
 /// What every service shares: the database, blob storage, notifications, page tokens, the admin
 /// check, and the token that tells long-running work to stop.
@@ -178,7 +180,11 @@ pub async fn start(
         shutdown: shutdown.clone(),
         max_tarball_bytes: config.registry_max_tarball_bytes,
     };
-    spawn_registry_collector(registry.clone(), shutdown.clone());
+    let collector = registry.clone();
+    spawn_hourly_collector("registry tarballs", shutdown.clone(), move || {
+        let collector = collector.clone();
+        async move { Ok(collector.collect_garbage(COLLECT_GRACE).await? as u64) }
+    });
     let registry_service = RegistryServiceServer::new(registry)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max)
@@ -201,7 +207,11 @@ pub async fn start(
         notifier: shared.notifier.clone(),
         shutdown: shutdown.clone(),
     };
-    spawn_store_collector(store.clone_for_stream(), shutdown.clone());
+    let collector = store.clone();
+    spawn_hourly_collector("store bytes", shutdown.clone(), move || {
+        let collector = collector.clone();
+        async move { Ok(collector.collect_garbage(COLLECT_GRACE).await? as u64) }
+    });
     let store_service = StoreServiceServer::new(store)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max)
@@ -273,36 +283,24 @@ pub async fn start(
     })
 }
 
-/// Collects tarballs of failed publishes hourly, with an hour's grace for publishes in flight.
-fn spawn_registry_collector(registry: RegistryService, shutdown: CancellationToken) {
+/// Runs `collect` every hour until shutdown, logging what it removed: each service's garbage
+/// collection (tarballs of failed publishes, bytes of cut-off uploads), with an hour's grace for
+/// uploads still in flight.
+fn spawn_hourly_collector<F, Fut>(what: &'static str, shutdown: CancellationToken, mut collect: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = crate::error::Result<u64>> + Send,
+{
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             }
-            match registry.collect_garbage(Duration::from_secs(3600)).await {
+            match collect().await {
                 Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "registry: collected orphan tarballs"),
-                Err(error) => tracing::warn!(%error, "registry: garbage collection failed"),
-            }
-        }
-    });
-}
-
-/// Collects the store's unreferenced bytes hourly (those of uploads cut off after their bytes
-/// were written), with an hour's grace for uploads still in flight.
-fn spawn_store_collector(store: StoreService, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            }
-            match store.collect_garbage(Duration::from_secs(3600)).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "store: collected unreferenced bytes"),
-                Err(error) => tracing::warn!(%error, "store: garbage collection failed"),
+                Ok(removed) => tracing::info!(removed, what, "garbage collected"),
+                Err(error) => tracing::warn!(%error, what, "garbage collection failed"),
             }
         }
     });

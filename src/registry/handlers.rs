@@ -1216,16 +1216,9 @@ impl RegistryService {
         let cutoff = std::time::SystemTime::now() - grace;
         let mut removed = 0;
         for (sha256, written) in self.blobs.list().await? {
-            if written >= cutoff {
-                continue;
-            }
-            let mut tx = self.pool.begin().await?;
-            queries::lock_tarball(&mut tx, &sha256).await?;
-            if !queries::tarball_in_use(&mut *tx, &sha256).await? {
-                self.blobs.delete(&sha256).await?;
+            if written < cutoff && self.release_tarball(&sha256).await? {
                 removed += 1;
             }
-            tx.commit().await?;
         }
         Ok(removed)
     }
@@ -1233,17 +1226,25 @@ impl RegistryService {
     /// Removes tarballs no live version points at any more. Each check-and-delete holds the
     /// tarball's lock, which publishers of the same bytes take before recording their version.
     async fn release_tarballs(&self, tarballs: &[Vec<u8>]) -> Result<()> {
-        for bytes in tarballs {
-            let Some(sha256) = Sha256::from_slice(bytes) else {
-                continue;
-            };
-            let mut tx = self.pool.begin().await?;
-            queries::lock_tarball(&mut tx, &sha256).await?;
-            if !queries::tarball_in_use(&mut *tx, &sha256).await? {
-                self.blobs.delete(&sha256).await?;
-            }
-            tx.commit().await?;
+        for sha256 in tarballs
+            .iter()
+            .filter_map(|bytes| Sha256::from_slice(bytes))
+        {
+            self.release_tarball(&sha256).await?;
         }
         Ok(())
+    }
+
+    /// Removes one tarball if no live version points at it, holding its lock (which publishers
+    /// of the same bytes take before recording their version). Whether it was removed.
+    async fn release_tarball(&self, sha256: &Sha256) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        queries::lock_tarball(&mut tx, sha256).await?;
+        let unused = !queries::tarball_in_use(&mut *tx, sha256).await?;
+        if unused {
+            self.blobs.delete(sha256).await?;
+        }
+        tx.commit().await?;
+        Ok(unused)
     }
 }

@@ -42,6 +42,7 @@ const MAX_GRACE_SECONDS: i64 = 10 * 366 * 24 * 3600;
 /// Size of the byte messages sent to clients.
 const SEND_CHUNK: usize = 1024 * 1024;
 
+#[derive(Clone)]
 pub struct StoreService {
     pub pool: PgPool,
     pub admin: AdminAuth,
@@ -324,13 +325,9 @@ impl StoreService {
                 removed += 1;
             }
         }
-        removed += blobs_tmp(&self.file, grace).await?;
+        removed += self.file.remove_stale_uploads(grace).await? as i64;
         Ok(removed)
     }
-}
-
-async fn blobs_tmp(blobs: &BlobStore, grace: Duration) -> Result<i64> {
-    Ok(blobs.remove_stale_uploads(grace).await? as i64)
 }
 
 /// Sends `bytes` in messages of at most SEND_CHUNK, skipping the first `skip` bytes and stopping
@@ -505,7 +502,7 @@ impl store_service_server::StoreService for StoreService {
         let manifest = queries::manifest(&self.pool, id).await?;
         let contents = queries::contents(&self.pool, id).await?;
         let (tx, rx) = mpsc::channel(4);
-        let service = self.clone_for_stream();
+        let service = self.clone();
         tokio::spawn(async move {
             if tx
                 .send(Ok(pb::GetObjectResponse {
@@ -721,22 +718,5 @@ impl store_service_server::StoreService for StoreService {
         };
         let removed = self.collect_garbage(Duration::from_secs(grace)).await?;
         Ok(Response::new(pb::CollectGarbageResponse { removed }))
-    }
-}
-
-impl StoreService {
-    /// What a streaming task needs of the service.
-    pub fn clone_for_stream(&self) -> StoreService {
-        StoreService {
-            pool: self.pool.clone(),
-            admin: self.admin.clone(),
-            file: self.file.clone(),
-            s3: self.s3.clone(),
-            inline_max_bytes: self.inline_max_bytes,
-            max_content_bytes: self.max_content_bytes,
-            page_tokens: self.page_tokens.clone(),
-            notifier: self.notifier.clone(),
-            shutdown: self.shutdown.clone(),
-        }
     }
 }
