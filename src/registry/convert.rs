@@ -1,20 +1,15 @@
 //! Rows to protobuf messages.
 
 use serde_json::Value;
-use time::OffsetDateTime;
 
 use super::{
     domain::Scope,
     queries::{ApiTokenRow, EventRow, PackageRow, UserRow, VersionRow},
 };
-use crate::proto::quintet::registry::v1 as pb;
-
-pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    }
-}
+use crate::{
+    blobs::Sha256,
+    proto::{quintet::registry::v1 as pb, timestamp},
+};
 
 pub fn user(row: &UserRow) -> pb::User {
     pb::User {
@@ -74,11 +69,9 @@ pub fn version(row: &VersionRow) -> pb::Version {
         engines_json: row.engine.0.to_string(),
         license: row.license.clone(),
         manifest_json: row.meta.0.to_string(),
-        tarball_sha256: row
-            .tarball_sha256
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        tarball_sha256: Sha256::from_slice(&row.tarball_sha256)
+            .map(|sha| sha.to_hex())
+            .unwrap_or_default(),
         tarball_size: row.tarball_size,
         downloads: row.downloads,
         yanked: row.yanked,

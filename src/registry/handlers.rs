@@ -27,7 +27,10 @@ use crate::{
     error::{Error, Result},
     notify::{self, Notifier},
     page_token::{PageTokens, page_size},
-    proto::quintet::registry::v1::{self as pb, registry_service_server},
+    proto::{
+        offset_date_time,
+        quintet::registry::v1::{self as pb, registry_service_server},
+    },
 };
 
 /// Rows examined per listing call when an engine filter discards most of them; the page may come
@@ -373,8 +376,7 @@ impl registry_service_server::RegistryService for RegistryService {
         let expires_at = match message.expire_time {
             None => None,
             Some(t) => {
-                let when = time::OffsetDateTime::from_unix_timestamp(t.seconds)
-                    .map_err(|_| Error::invalid_argument("expire_time", "out of range"))?;
+                let when = offset_date_time("expire_time", t)?;
                 if when <= time::OffsetDateTime::now_utc() {
                     return Err(
                         Error::invalid_argument("expire_time", "must be in the future").into(),

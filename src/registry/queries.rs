@@ -104,11 +104,7 @@ pub struct EventRow {
 }
 
 fn hex(digest: &TokenDigest) -> String {
-    digest
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::from_bytes(*digest.as_bytes()).to_hex()
 }
 
 // ---- users and tokens ----

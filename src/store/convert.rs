@@ -5,7 +5,7 @@ use prost_types::{ListValue, Struct, Value as PbValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
 use super::queries::{ContentRow, ManifestRow};
-use crate::proto::quintet::store::v1 as pb;
+use crate::proto::{quintet::store::v1 as pb, timestamp};
 
 pub fn struct_to_json(tags: Option<Struct>) -> Value {
     Value::Object(
@@ -67,13 +67,6 @@ fn json_to_value(value: &Value) -> PbValue {
         Value::Object(map) => Kind::StructValue(object_to_struct(map)),
     };
     PbValue { kind: Some(kind) }
-}
-
-fn timestamp(t: time::OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    }
 }
 
 pub fn manifest(row: &ManifestRow) -> pb::Manifest {

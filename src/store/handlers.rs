@@ -28,7 +28,10 @@ use crate::{
     error::{Error, Result},
     notify::{self, Notifier},
     page_token::{PageTokens, page_size},
-    proto::quintet::store::v1::{self as pb, store_service_server},
+    proto::{
+        offset_date_time,
+        quintet::store::v1::{self as pb, store_service_server},
+    },
 };
 
 /// Lakery's name for values kept in the database itself.
@@ -71,12 +74,7 @@ fn tags_of(field: &str, tags: Option<prost_types::Struct>) -> Result<Value> {
 }
 
 fn time_of(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<time::OffsetDateTime>> {
-    t.map(|t| {
-        time::OffsetDateTime::from_unix_timestamp(t.seconds)
-            .map(|d| d + Duration::from_nanos(t.nanos.clamp(0, 999_999_999) as u64))
-            .map_err(|_| Error::invalid_argument(field, "out of range"))
-    })
-    .transpose()
+    t.map(|t| offset_date_time(field, t)).transpose()
 }
 
 fn filter_of(field: &str, filter: Option<pb::ManifestFilter>) -> Result<ManifestFilter> {
