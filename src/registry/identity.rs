@@ -1,9 +1,9 @@
 //! Callers of the registry: who a bearer token belongs to, and what it may do.
 //!
-//! A token is, in order: a scoped API token (`qreg_` prefix, looked up by digest), the server's
-//! admin token, or an OAuth token of the identity provider. OAuth tokens already seen are matched
-//! by digest without a call; a new one is resolved with `GET <identity url>/user` (GitHub's API
-//! or anything answering `login`, `avatar_url` and `node_id`), which creates or updates the user.
+//! A token is, in order: a scoped API token (`qreg_` prefix, looked up by digest), an OAuth token
+//! already seen (by digest, without a call), the server's admin token, or a new OAuth token of the
+//! identity provider, resolved with `GET <identity url>/user` (GitHub's API or anything answering
+//! `login`, `avatar_url` and `node_id`), which creates or updates the user.
 
 use std::time::Duration;
 
@@ -136,11 +136,10 @@ impl Identity {
                 grant: Grant::Token { scopes, packages },
             });
         }
-        if self.admin.is_admin_token(&token).await? {
-            return Ok(Caller::Admin);
-        }
+        // Signed-in users are the common case: one lookup for them, the admin check only after.
         let user = match queries::user_by_oauth_digest(&self.pool, &token.digest()).await? {
             Some(user) => user,
+            None if self.admin.is_admin_token(&token).await? => return Ok(Caller::Admin),
             None => self.sign_in_with_provider(&token).await?,
         };
         Ok(Caller::User {
