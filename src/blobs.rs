@@ -99,6 +99,27 @@ pub struct BlobInfo {
 /// A stream of blob bytes; an error item ends it.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
+/// The bytes of a client-streamed upload whose first message (already taken) was a header:
+/// every later message must be a chunk (`chunk_of` returns `None` for anything else).
+pub fn upload_chunks<M, F>(
+    stream: tonic::Streaming<M>,
+    chunk_of: F,
+) -> impl Stream<Item = Result<Bytes>> + Send
+where
+    M: Send + 'static,
+    F: Fn(M) -> Option<Bytes> + Send + 'static,
+{
+    stream.map(move |message| match message {
+        Ok(message) => chunk_of(message).ok_or_else(|| {
+            Error::invalid_argument("chunk", "only the first message may be a header")
+        }),
+        Err(status) => Err(Error::Cancelled(format!(
+            "upload interrupted: {}",
+            status.message()
+        ))),
+    })
+}
+
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,

@@ -160,6 +160,22 @@ pub struct Config {
     #[arg(long, env = "QUINTET_STORE_MAX_CONTENT_BYTES", default_value_t = 64 * 1024 * 1024 * 1024, global = true)]
     pub store_max_content_bytes: u64,
 
+    /// Installation workers each server process runs (0: this process runs no jobs).
+    #[arg(long, env = "QUINTET_GRIOT_WORKERS", default_value_t = 2, global = true)]
+    pub griot_workers: usize,
+
+    /// Largest package artifact Griot accepts or fetches, in bytes.
+    #[arg(long, env = "QUINTET_GRIOT_MAX_ARTIFACT_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]
+    pub griot_max_artifact_bytes: u64,
+
+    /// Most bytes one package may unpack to (decompression bombs stop there).
+    #[arg(long, env = "QUINTET_GRIOT_MAX_UNPACKED_BYTES", default_value_t = 1024 * 1024 * 1024, global = true)]
+    pub griot_max_unpacked_bytes: u64,
+
+    /// Most entries (files, directories, links) one package archive may hold.
+    #[arg(long, env = "QUINTET_GRIOT_MAX_ENTRIES", default_value_t = 10_000, global = true)]
+    pub griot_max_entries: u64,
+
     /// Directory holding the PostgreSQL server binaries (`initdb`, `postgres`) for the embedded
     /// cluster. Default: `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
     #[arg(long, env = "QUINTET_PG_BINDIR", global = true)]

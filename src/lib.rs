@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod griot;
 pub mod health;
 pub mod notify;
 pub mod page_token;

@@ -9,6 +9,11 @@ pub mod quintet {
             tonic::include_proto!("quintet.admin.v1");
         }
     }
+    pub mod griot {
+        pub mod v1 {
+            tonic::include_proto!("quintet.griot.v1");
+        }
+    }
     pub mod registry {
         pub mod v1 {
             tonic::include_proto!("quintet.registry.v1");

@@ -21,6 +21,7 @@ use crate::{
     blobs::BlobStore,
     config::Config,
     db::DatabaseMode,
+    griot::{GriotService, worker},
     health::ServiceHealth,
     notify::Notifier,
     page_token::PageTokens,
@@ -28,6 +29,7 @@ use crate::{
         self,
         quintet::{
             admin::v1::admin_service_server::AdminServiceServer,
+            griot::v1::griot_service_server::GriotServiceServer,
             registry::v1::registry_service_server::RegistryServiceServer,
             store::v1::store_service_server::StoreServiceServer,
         },
@@ -41,6 +43,8 @@ use crate::{
 const CHANNELS: &[&str] = &[
     crate::registry::EVENTS_CHANNEL,
     crate::store::MANIFESTS_CHANNEL,
+    crate::griot::JOBS_CHANNEL,
+    crate::griot::LOGS_CHANNEL,
 ];
 /// How often the database is probed for the health service.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -135,6 +139,7 @@ pub async fn start(
             "quintet.admin.v1.AdminService",
             "quintet.registry.v1.RegistryService",
             "quintet.store.v1.StoreService",
+            "quintet.griot.v1.GriotService",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
@@ -218,6 +223,47 @@ pub async fn start(
         .accept_compressed(gzip)
         .send_compressed(gzip);
 
+    let griot = GriotService {
+        pool: pool.clone(),
+        admin: shared.admin.clone(),
+        blobs: shared.blobs.scoped("griot"),
+        notifier: shared.notifier.clone(),
+        page_tokens: shared.page_tokens.clone(),
+        shutdown: shutdown.clone(),
+        max_artifact_bytes: config.griot_max_artifact_bytes,
+    };
+    let collector = griot.clone();
+    spawn_hourly_collector("griot artifacts", shutdown.clone(), move || {
+        let collector = collector.clone();
+        async move { Ok(collector.collect_garbage(COLLECT_GRACE).await? as u64) }
+    });
+    worker::spawn_workers(
+        std::sync::Arc::new(worker::Runner {
+            pool: pool.clone(),
+            blobs: shared.blobs.scoped("griot"),
+            notifier: shared.notifier.clone(),
+            shutdown: shutdown.clone(),
+            nodes_dir: config.data_dir.join("nodes"),
+            limits: crate::griot::unpack::Limits {
+                max_bytes: config.griot_max_unpacked_bytes,
+                max_entries: config.griot_max_entries,
+            },
+            max_artifact_bytes: config.griot_max_artifact_bytes,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .build()
+                .context("HTTP client for Griot")?,
+            worker_id: uuid::Uuid::new_v4(),
+        }),
+        config.griot_workers,
+    );
+    let griot_service = GriotServiceServer::new(griot)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .accept_compressed(gzip)
+        .send_compressed(gzip);
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -260,7 +306,8 @@ pub async fn start(
         )
         .add_service(admin_service)
         .add_service(registry_service)
-        .add_service(store_service);
+        .add_service(store_service)
+        .add_service(griot_service);
 
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
@@ -313,6 +360,7 @@ fn spawn_upload_collector(shared: Shared) {
             shared.blobs.clone(),
             shared.blobs.scoped("registry"),
             shared.blobs.scoped("store"),
+            shared.blobs.scoped("griot"),
         ];
         loop {
             for blobs in &scopes {

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     auth::generate_token,
-    blobs::{BlobInfo, BlobStore, Sha256},
+    blobs::{BlobInfo, BlobStore, Sha256, upload_chunks},
     error::{Error, Result},
     notify::{self, Notifier},
     page_token::{PageTokens, page_size},
@@ -77,26 +77,6 @@ fn parse_publish(field: &str, header: pb::PublishHeader) -> Result<Publish> {
         manifest,
         readme: header.readme,
         expected,
-    })
-}
-
-/// The tarball bytes of a publish stream: every message after the header must be a chunk.
-fn tarball_chunks<M, F>(
-    stream: Streaming<M>,
-    chunk_of: F,
-) -> impl Stream<Item = Result<Bytes>> + Send
-where
-    M: Send + 'static,
-    F: Fn(M) -> Option<Bytes> + Send + 'static,
-{
-    stream.map(move |message| match message {
-        Ok(message) => chunk_of(message).ok_or_else(|| {
-            Error::invalid_argument("chunk", "only the first message may be a header")
-        }),
-        Err(status) => Err(Error::Cancelled(format!(
-            "upload interrupted: {}",
-            status.message()
-        ))),
     })
 }
 
@@ -476,7 +456,7 @@ impl registry_service_server::RegistryService for RegistryService {
         if queries::name_taken(&self.pool, name.as_str()).await? {
             return Err(Error::already_exists("package", name.as_str()).into());
         }
-        let chunks = tarball_chunks(stream, |m: pb::PublishPackageRequest| match m.part {
+        let chunks = upload_chunks(stream, |m: pb::PublishPackageRequest| match m.part {
             Some(Part::Chunk(bytes)) => Some(bytes),
             _ => None,
         });
@@ -570,7 +550,7 @@ impl registry_service_server::RegistryService for RegistryService {
                 _ => {}
             }
         }
-        let chunks = tarball_chunks(stream, |m: pb::PublishVersionRequest| match m.part {
+        let chunks = upload_chunks(stream, |m: pb::PublishVersionRequest| match m.part {
             Some(Part::Chunk(bytes)) => Some(bytes),
             _ => None,
         });
