@@ -161,7 +161,12 @@ pub struct Config {
     pub store_max_content_bytes: u64,
 
     /// Installation workers each server process runs (0: this process runs no jobs).
-    #[arg(long, env = "QUINTET_GRIOT_WORKERS", default_value_t = 2, global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_GRIOT_WORKERS",
+        default_value_t = 2,
+        global = true
+    )]
     pub griot_workers: usize,
 
     /// Largest package artifact Griot accepts or fetches, in bytes.
@@ -173,7 +178,12 @@ pub struct Config {
     pub griot_max_unpacked_bytes: u64,
 
     /// Most entries (files, directories, links) one package archive may hold.
-    #[arg(long, env = "QUINTET_GRIOT_MAX_ENTRIES", default_value_t = 10_000, global = true)]
+    #[arg(
+        long,
+        env = "QUINTET_GRIOT_MAX_ENTRIES",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub griot_max_entries: u64,
 
     /// Directory holding the PostgreSQL server binaries (`initdb`, `postgres`) for the embedded

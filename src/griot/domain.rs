@@ -193,7 +193,8 @@ pub fn signing_bytes(manifest: &Value) -> Result<Vec<u8>> {
     if let Value::Object(object) = &mut unsigned {
         object.remove("signature");
     }
-    serde_jcs::to_vec(&unsigned).map_err(|e| manifest_error("", format!("cannot canonicalize: {e}")))
+    serde_jcs::to_vec(&unsigned)
+        .map_err(|e| manifest_error("", format!("cannot canonicalize: {e}")))
 }
 
 impl Manifest {
@@ -230,7 +231,10 @@ impl Manifest {
         }
         let node_class = manifest_string(object, "node_class")?;
         if !valid_node_class(node_class) {
-            return Err(manifest_error("node_class", "1 to 128 of A-Z a-z 0-9 - _ . :"));
+            return Err(manifest_error(
+                "node_class",
+                "1 to 128 of A-Z a-z 0-9 - _ . :",
+            ));
         }
         let version = semver::Version::parse(manifest_string(object, "version")?)
             .map_err(|e| manifest_error("version", format!("not a semantic version: {e}")))?;
@@ -390,7 +394,10 @@ impl ArtifactSource {
             return Ok(ArtifactSource::Blob);
         }
         if text.len() > 2048 {
-            return Err(Error::invalid_argument(field, "longer than 2048 characters"));
+            return Err(Error::invalid_argument(
+                field,
+                "longer than 2048 characters",
+            ));
         }
         let url = url::Url::parse(text)
             .map_err(|e| Error::invalid_argument(field, format!("not a URL: {e}")))?;
@@ -491,7 +498,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_drops_the_signature() {
-        let manifest = json!({"b": 1, "a": [true, null, "x"], "signature": "s", "c": {"z": 1.5, "y": 1e21}});
+        let manifest =
+            json!({"b": 1, "a": [true, null, "x"], "signature": "s", "c": {"z": 1.5, "y": 1e21}});
         assert_eq!(
             String::from_utf8(signing_bytes(&manifest).unwrap()).unwrap(),
             r#"{"a":[true,null,"x"],"b":1,"c":{"y":1e+21,"z":1.5}}"#
@@ -541,7 +549,8 @@ mod tests {
         ] {
             let mut manifest = base.clone();
             manifest[field] = value;
-            let error = Manifest::parse(&manifest.to_string(), &signed(&key, &manifest)).unwrap_err();
+            let error =
+                Manifest::parse(&manifest.to_string(), &signed(&key, &manifest)).unwrap_err();
             assert_eq!(error.reason(), MANIFEST_VALIDATION_FAILED, "{field}");
             assert!(error.to_string().contains(field), "{field}: {error}");
         }

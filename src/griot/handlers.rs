@@ -49,9 +49,27 @@ fn parse_job_id(field: &str, text: &str) -> Result<Uuid> {
 /// An optional exact-match filter: empty means any; otherwise at most `max` characters.
 fn filter_text(field: &str, text: String, max: usize) -> Result<Option<String>> {
     if text.len() > max {
-        return Err(Error::invalid_argument(field, format!("longer than {max} bytes")));
+        return Err(Error::invalid_argument(
+            field,
+            format!("longer than {max} bytes"),
+        ));
     }
     Ok((!text.is_empty()).then_some(text))
+}
+
+/// The job an idempotency key created, if the request is the same as the one that created it.
+fn replay(request: &NewJob<'_>, existing: queries::JobRow) -> Result<queries::JobRow> {
+    if existing.package_id != request.package_id.to_string()
+        || existing.target_node_id != request.target_node_id
+        || existing.options.0 != *request.options
+    {
+        return Err(Error::failed_precondition(
+            "IDEMPOTENCY_KEY_REUSED",
+            existing.idempotency_key.unwrap_or_default(),
+            "this idempotency key was used for a different installation",
+        ));
+    }
+    Ok(existing)
 }
 
 impl GriotService {
@@ -318,6 +336,25 @@ impl griot_service_server::GriotService for GriotService {
         let target = TargetNodeId::parse("target_node_id", &message.target_node_id)?;
         let options = convert::job_options(message.options).validate()?;
         let key = filter_text("idempotency_key", message.idempotency_key, 255)?;
+        let options_json = serde_json::to_value(&options).map_err(Error::internal)?;
+        let request = NewJob {
+            package_id: &package_id,
+            target_node_id: target.as_str(),
+            options: &options_json,
+            idempotency_key: key.as_deref(),
+        };
+        // A retry replays the first call's answer, whatever changed since.
+        if let Some(key) = &key
+            && let Some(existing) = queries::job_by_key(&self.pool, key).await?
+        {
+            return Ok(Response::new(pb::CreateInstallationResponse {
+                installation: Some(convert::installation(
+                    replay(&request, existing)?,
+                    Vec::new(),
+                )),
+                created: false,
+            }));
+        }
         let package = queries::package(&self.pool, &package_id)
             .await?
             .ok_or_else(|| Error::not_found("package", package_id.to_string()))?;
@@ -353,40 +390,20 @@ impl griot_service_server::GriotService for GriotService {
             }
         }
 
-        let options_json = serde_json::to_value(&options).map_err(Error::internal)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
-        let inserted = queries::insert_job(
-            &mut tx,
-            &NewJob {
-                package_id: &package_id,
-                target_node_id: target.as_str(),
-                options: &options_json,
-                idempotency_key: key.as_deref(),
-            },
-        )
-        .await?;
+        let inserted = queries::insert_job(&mut tx, &request).await?;
         let (row, created) = match inserted {
             Some(row) => {
                 notify::notify(&mut *tx, JOBS_CHANNEL, "new").await?;
                 (row, true)
             }
+            // A concurrent call with the same key won.
             None => {
-                let key = key.expect("only a key can conflict");
-                let existing = queries::job_by_key(&mut *tx, &key)
+                let key = key.as_deref().expect("only a key can conflict");
+                let existing = queries::job_by_key(&mut *tx, key)
                     .await?
                     .ok_or_else(|| Error::Aborted("the job changed concurrently".into()))?;
-                if existing.package_id != package_id.to_string()
-                    || existing.target_node_id != target.as_str()
-                    || existing.options.0 != options_json
-                {
-                    return Err(Error::failed_precondition(
-                        "IDEMPOTENCY_KEY_REUSED",
-                        key,
-                        "this idempotency key was used for a different installation",
-                    )
-                    .into());
-                }
-                (existing, false)
+                (replay(&request, existing)?, false)
             }
         };
         tx.commit().await.map_err(Error::from)?;
@@ -427,7 +444,11 @@ impl griot_service_server::GriotService for GriotService {
             status: convert::status_filter(status),
             target_node_id: match message.target_node_id.as_str() {
                 "" => None,
-                text => Some(TargetNodeId::parse("target_node_id", text)?.as_str().to_owned()),
+                text => Some(
+                    TargetNodeId::parse("target_node_id", text)?
+                        .as_str()
+                        .to_owned(),
+                ),
             },
             package_id: match message.package_id.as_str() {
                 "" => None,
@@ -440,7 +461,8 @@ impl griot_service_server::GriotService for GriotService {
         let rows = queries::list_jobs(&self.pool, &filter, after, size + 1).await?;
         let next_page_token = if rows.len() as i64 > size {
             let last = &rows[size as usize - 1];
-            self.page_tokens.encode(&scope, &(last.created_at, last.job_id))
+            self.page_tokens
+                .encode(&scope, &(last.created_at, last.job_id))
         } else {
             String::new()
         };

@@ -180,7 +180,11 @@ pub fn unpack(
                     limits.max_bytes
                 )));
             }
-            let executable = entry.header().mode().map(|m| m & 0o111 != 0).unwrap_or(false);
+            let executable = entry
+                .header()
+                .mode()
+                .map(|m| m & 0o111 != 0)
+                .unwrap_or(false);
             let mut out = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -195,7 +199,9 @@ pub fn unpack(
             let mut buffer = vec![0u8; 64 * 1024];
             let mut written = 0u64;
             loop {
-                let n = limited.read(&mut buffer).map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+                let n = limited
+                    .read(&mut buffer)
+                    .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
                 if n == 0 {
                     break;
                 }
@@ -299,9 +305,11 @@ mod tests {
         let mut builder = tar::Builder::new(gz);
         for item in items {
             let (mut h, path, data): (tar::Header, &str, &[u8]) = match item {
-                Item::File(path, data) => {
-                    (header(tar::EntryType::Regular, data.len() as u64), path, data)
-                }
+                Item::File(path, data) => (
+                    header(tar::EntryType::Regular, data.len() as u64),
+                    path,
+                    data,
+                ),
                 Item::Dir(path) => (header(tar::EntryType::Directory, 0), path, &[]),
                 Item::Symlink(path, target) => {
                     let mut h = header(tar::EntryType::Symlink, 0);
@@ -357,14 +365,30 @@ mod tests {
             ("absolute", vec![Item::File("/tmp/evil", b"x")]),
             ("absolute link", vec![Item::Symlink("l", "/etc")]),
             ("escaping link", vec![Item::Symlink("a/l", "../../x")]),
-            ("link with .. after a name", vec![Item::Symlink("l", "a/../../x")]),
+            (
+                "link with .. after a name",
+                vec![Item::Symlink("l", "a/../../x")],
+            ),
             (
                 "write through a link",
-                vec![Item::Symlink("l", "d"), Item::Dir("d"), Item::File("l/x", b"x")],
+                vec![
+                    Item::Symlink("l", "d"),
+                    Item::Dir("d"),
+                    Item::File("l/x", b"x"),
+                ],
             ),
-            ("hard link outside", vec![Item::HardLink("h", "../../etc/passwd")]),
-            ("hard link to a link", vec![Item::Symlink("l", "x"), Item::HardLink("h", "l")]),
-            ("duplicate", vec![Item::File("a", b"1"), Item::File("a", b"2")]),
+            (
+                "hard link outside",
+                vec![Item::HardLink("h", "../../etc/passwd")],
+            ),
+            (
+                "hard link to a link",
+                vec![Item::Symlink("l", "x"), Item::HardLink("h", "l")],
+            ),
+            (
+                "duplicate",
+                vec![Item::File("a", b"1"), Item::File("a", b"2")],
+            ),
             ("fifo", vec![Item::Fifo("f")]),
         ];
         for (what, items) in cases {

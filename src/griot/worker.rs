@@ -16,12 +16,12 @@ use std::{
 };
 
 use futures::StreamExt;
-use tracing::Instrument;
 use ring::digest;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -69,6 +69,9 @@ pub fn spawn_workers(runner: Arc<Runner>, count: usize) {
         tokio::spawn(async move { runner.work().await });
     }
 }
+
+/// A package of a job and its verified manifest.
+type Resolved = (PackageRow, Manifest);
 
 /// Why a job stopped short.
 #[derive(Debug)]
@@ -160,8 +163,7 @@ impl Runner {
                 log.info("this server is shutting down; the job goes back to the queue")
                     .await;
                 log.close().await;
-                if let Err(error) = queries::release_job(&self.pool, job_id, self.worker_id).await
-                {
+                if let Err(error) = queries::release_job(&self.pool, job_id, self.worker_id).await {
                     tracing::warn!(%error, "cannot release the job; its lease will expire");
                 }
                 return;
@@ -173,7 +175,10 @@ impl Runner {
             }
             Err(Stop::Cancelled) => {
                 self.roll_back(&job, &log).await;
-                ("cancelled", "cancelled; what the job unpacked was removed".to_owned())
+                (
+                    "cancelled",
+                    "cancelled; what the job unpacked was removed".to_owned(),
+                )
             }
             Err(Stop::TimedOut) => {
                 let message = format!("timed out after {} s", options.timeout_seconds);
@@ -221,7 +226,10 @@ impl Runner {
             }
         };
         for id in installed {
-            let dir = self.nodes_dir.join(&job.target_node_id).join(id.to_string());
+            let dir = self
+                .nodes_dir
+                .join(&job.target_node_id)
+                .join(id.to_string());
             let removed = tokio::fs::remove_dir_all(&dir).await;
             let forgotten =
                 queries::forget_installed(&self.pool, &job.target_node_id, &id, job.job_id).await;
@@ -283,7 +291,10 @@ impl Runner {
             let id = PackageId::parse("package_id", &row.package_id).map_err(failed)?;
             let label = format!("{}@{} ({id})", manifest.name, manifest.version);
             self.check_package(job, options, &id, manifest).await?;
-            let dir = self.nodes_dir.join(&job.target_node_id).join(id.to_string());
+            let dir = self
+                .nodes_dir
+                .join(&job.target_node_id)
+                .join(id.to_string());
             let recorded = queries::is_installed(&self.pool, &job.target_node_id, &id)
                 .await
                 .map_err(failed)?;
@@ -293,7 +304,8 @@ impl Runner {
             }
 
             let archive = staging.join(format!("{id}.tar.gz"));
-            let source = ArtifactSource::parse("artifact_url", &row.artifact_url).map_err(failed)?;
+            let source =
+                ArtifactSource::parse("artifact_url", &row.artifact_url).map_err(failed)?;
             log.info(&format!("fetching {label} from {}", row.artifact_url))
                 .await;
             let (sha256, size) = self
@@ -305,8 +317,11 @@ impl Runner {
                     sha256.to_hex()
                 )));
             }
-            log.info(&format!("verified {size} bytes: SHA-256 matches, signature by {} valid", manifest.author.as_str()))
-                .await;
+            log.info(&format!(
+                "verified {size} bytes: SHA-256 matches, signature by {} valid",
+                manifest.author.as_str()
+            ))
+            .await;
 
             let unpacked_dir = staging.join(id.to_string());
             let limits = self.limits;
@@ -320,7 +335,9 @@ impl Runner {
             let archive_path = archive.clone();
             let into = unpacked_dir.clone();
             let outcome = tokio::task::spawn_blocking(move || {
-                unpack::unpack(&archive_path, &into, limits, &|| flag.load(Ordering::Relaxed))
+                unpack::unpack(&archive_path, &into, limits, &|| {
+                    flag.load(Ordering::Relaxed)
+                })
             })
             .await;
             watcher.abort();
@@ -328,7 +345,9 @@ impl Runner {
                 Ok(Ok(unpacked)) => unpacked,
                 Ok(Err(UnpackError::Cancelled)) => return Err(Stop::Cancelled),
                 Ok(Err(error)) => return Err(Stop::Failed(format!("{label}: {error}"))),
-                Err(error) => return Err(Stop::Failed(format!("{label}: unpacking crashed: {error}"))),
+                Err(error) => {
+                    return Err(Stop::Failed(format!("{label}: unpacking crashed: {error}")));
+                }
             };
             let _ = tokio::fs::remove_file(&archive).await;
             // A directory here that the database does not record is a leftover: replace it.
@@ -369,7 +388,7 @@ impl Runner {
     }
 
     /// The package and its dependencies, dependencies first; refuses cycles and missing packages.
-    async fn resolve(&self, root: &PackageId) -> Result<Vec<(PackageRow, Manifest)>, Stop> {
+    async fn resolve(&self, root: &PackageId) -> Result<Vec<Resolved>, Stop> {
         enum Mark {
             Visiting,
             Done,
@@ -378,16 +397,13 @@ impl Runner {
         let mut order = Vec::new();
         // Depth-first with an explicit stack: (package, the dependent that asked for it, next
         // dependency index); the path from the root is the stack itself.
-        let mut stack: Vec<(PackageId, Option<(PackageRow, Manifest)>, usize)> =
-            vec![(*root, None, 0)];
+        let mut stack: Vec<(PackageId, Option<Resolved>, usize)> = vec![(*root, None, 0)];
         while let Some((id, loaded, next)) = stack.last_mut() {
             if loaded.is_none() {
                 let row = queries::package(&self.pool, id)
                     .await
                     .map_err(|e| Stop::Failed(e.to_string()))?
-                    .ok_or_else(|| {
-                        Stop::Failed(format!("dependency {id} is not registered"))
-                    })?;
+                    .ok_or_else(|| Stop::Failed(format!("dependency {id} is not registered")))?;
                 let manifest = Manifest::parse(&row.manifest.0.to_string(), &row.signature)
                     .map_err(|e| Stop::Failed(format!("package {id}: SIGNATURE_FAILED: {e}")))?;
                 marks.insert(*id, Mark::Visiting);
@@ -514,7 +530,8 @@ impl Runner {
         into: &Path,
         stop: &CancellationToken,
     ) -> Result<(Sha256, u64), FetchError> {
-        let io = |e: std::io::Error| FetchError::Permanent(format!("cannot write the artifact: {e}"));
+        let io =
+            |e: std::io::Error| FetchError::Permanent(format!("cannot write the artifact: {e}"));
         let mut out = tokio::fs::File::create(into).await.map_err(io)?;
         let mut hasher = digest::Context::new(&digest::SHA256);
         let mut size = 0u64;
@@ -534,24 +551,27 @@ impl Runner {
                 })?;
                 Box::pin(
                     tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                        .map(|r| r.map_err(|e| Error::internal(e))),
+                        .map(|r| r.map_err(Error::internal)),
                 )
             }
             ArtifactSource::Http(url) => {
-                let response = self.http.get(url.clone()).send().await.map_err(|e| {
-                    FetchError::Transient(format!("{url}: {}", without_url(&e)))
-                })?;
+                let response =
+                    self.http.get(url.clone()).send().await.map_err(|e| {
+                        FetchError::Transient(format!("{url}: {}", without_url(&e)))
+                    })?;
                 let status = response.status();
                 if !status.is_success() {
                     let message = format!("{url} answered {status}");
-                    return Err(if status.is_server_error()
-                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                        || status == reqwest::StatusCode::REQUEST_TIMEOUT
-                    {
-                        FetchError::Transient(message)
-                    } else {
-                        FetchError::Permanent(message)
-                    });
+                    return Err(
+                        if status.is_server_error()
+                            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                        {
+                            FetchError::Transient(message)
+                        } else {
+                            FetchError::Permanent(message)
+                        },
+                    );
                 }
                 Box::pin(
                     response
@@ -573,7 +593,11 @@ impl Runner {
                         "INTEGRITY_CHECK_FAILED: {message}"
                     )));
                 }
-                Err(error) => return Err(FetchError::Transient(format!("reading the artifact: {error}"))),
+                Err(error) => {
+                    return Err(FetchError::Transient(format!(
+                        "reading the artifact: {error}"
+                    )));
+                }
             };
             size += chunk.len() as u64;
             if size > self.max_artifact_bytes {
@@ -586,7 +610,10 @@ impl Runner {
             out.write_all(&chunk).await.map_err(io)?;
         }
         out.flush().await.map_err(io)?;
-        Ok((Sha256::from_slice(hasher.finish().as_ref()).expect("32 bytes"), size))
+        Ok((
+            Sha256::from_slice(hasher.finish().as_ref()).expect("32 bytes"),
+            size,
+        ))
     }
 }
 
@@ -715,7 +742,12 @@ impl JobLog {
     }
 }
 
-async fn write_lines(pool: PgPool, job_id: Uuid, worker_id: Uuid, mut receiver: mpsc::Receiver<Line>) {
+async fn write_lines(
+    pool: PgPool,
+    job_id: Uuid,
+    worker_id: Uuid,
+    mut receiver: mpsc::Receiver<Line>,
+) {
     let mut batch = Vec::with_capacity(LOG_BATCH);
     while let Some(first) = receiver.recv().await {
         batch.push(first);
@@ -727,7 +759,10 @@ async fn write_lines(pool: PgPool, job_id: Uuid, worker_id: Uuid, mut receiver: 
         }
         let levels: Vec<&str> = batch.iter().map(|l| l.level).collect();
         let times: Vec<OffsetDateTime> = batch.iter().map(|l| l.at).collect();
-        let messages: Vec<String> = batch.iter_mut().map(|l| std::mem::take(&mut l.message)).collect();
+        let messages: Vec<String> = batch
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.message))
+            .collect();
         let lines = super::logs::encode_lines(&levels, &times, &messages);
         let lines = (lines.len() <= NOTIFY_LINES_BUDGET).then_some(lines);
         let mut delay = Duration::from_millis(100);

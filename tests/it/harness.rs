@@ -262,3 +262,23 @@ fn default_config() -> Config {
     );
     Cli::parse_from(["quintet"]).config
 }
+
+/// The field an INVALID_ARGUMENT names (its first `BadRequest` violation); empty if none.
+pub fn field_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations[0].field.clone())
+        .unwrap_or_default()
+}
+
+/// The stable `ErrorInfo.reason` of an error; empty if none.
+pub fn reason_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}

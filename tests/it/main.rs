@@ -2,6 +2,7 @@
 
 mod binary;
 mod foundation;
+mod griot;
 mod harness;
 mod registry;
 mod shared_blocks;

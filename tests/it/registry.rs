@@ -16,9 +16,8 @@ use quintet::proto::quintet::registry::v1::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, transport::Channel};
-use tonic_types::StatusExt;
 
-use crate::harness::{TestServer, authed};
+use crate::harness::{TestServer, authed, field_of};
 
 /// A GitHub-compatible identity provider on loopback: `GET /user` with a known bearer token
 /// answers that user; anything else is 401. Counts the calls it gets.
@@ -248,14 +247,6 @@ async fn get(registry: &Registry, name: &str) -> Result<pb::Package, Status> {
         .into_inner()
         .package
         .unwrap())
-}
-
-fn field_of(status: &Status) -> String {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations[0].field.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test]

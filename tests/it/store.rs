@@ -8,9 +8,8 @@ use quintet::proto::quintet::store::v1::{self as pb, store_service_client::Store
 use ring::digest;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, transport::Channel};
-use tonic_types::StatusExt;
 
-use crate::harness::{TestServer, authed};
+use crate::harness::{TestServer, authed, field_of};
 
 const CLASS: &str = "3f1c1a52-8a52-4a6e-9d0c-1d2f0e6a7b11";
 
@@ -127,14 +126,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
-}
-
-fn field_of(status: &Status) -> String {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations[0].field.clone())
-        .unwrap_or_default()
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
