@@ -27,6 +27,21 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Create a Griot author key (Ed25519, PKCS#8 file, mode 0600) and print its did:key.
+    GriotKeygen {
+        /// Where to write the key; never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a Griot package manifest (JSON file, `-` for stdin) and print it with its `author`
+    /// and `signature` fields, ready for RegisterPackage.
+    GriotSign {
+        /// The author's key file (from griot-keygen).
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest file.
+        manifest: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -39,6 +39,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(config).await,
+        Command::GriotKeygen { out } => {
+            println!("{}", griot::sign::keygen(&out)?);
+            Ok(())
+        }
+        Command::GriotSign { key, manifest } => {
+            let text = if manifest.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&manifest)?
+            };
+            println!("{}", griot::sign::sign_manifest(&key, &text)?);
+            Ok(())
+        }
     }
 }
 

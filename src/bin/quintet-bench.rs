@@ -72,6 +72,38 @@ enum BenchCommand {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Griot log streaming: how many lines per second one job's log takes (written as a worker
+    /// writes them, through the database), then `followers` clients following one job while
+    /// lines are written at `rate` per second: delivery latency from write to receipt, and the
+    /// server's CPU and RSS. The server must run with QUINTET_GRIOT_WORKERS=0 (this tool is the
+    /// worker) and share `database_url`.
+    GriotLogs {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, env = "QUINTET_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// The server's database.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Lines written as fast as possible, for the throughput figure.
+        #[arg(long, default_value_t = 100_000)]
+        lines: usize,
+        /// Clients following one job.
+        #[arg(long, default_value_t = 1000)]
+        followers: usize,
+        /// Lines per second written while they follow.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds of following.
+        #[arg(long, short = 'd', default_value_t = 20)]
+        duration: u64,
+        /// HTTP/2 connections the followers share.
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        /// Server process to report CPU and RSS of.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Serve only grpc.health.v1 on a bare tonic server (no layers, no database): the
     /// framework's limit, to compare `health` runs against.
     BaselineServer {
@@ -134,6 +166,30 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
         BenchCommand::Run(args) => run(args).await,
+        BenchCommand::GriotLogs {
+            target,
+            admin_token,
+            database_url,
+            lines,
+            followers,
+            rate,
+            duration,
+            connections,
+            server_pid,
+        } => {
+            griot_logs_bench(GriotLogsArgs {
+                target,
+                admin_token,
+                database_url,
+                lines,
+                followers,
+                rate,
+                duration: Duration::from_secs(duration),
+                connections,
+                server_pid,
+            })
+            .await
+        }
         BenchCommand::Store {
             target,
             admin_token,
@@ -754,5 +810,248 @@ async fn store_bench(
         (small * small_bytes) as f64 / 1e6 / secs
     );
     println!("server peak RSS: {}", peak_rss_mib(server_pid));
+    Ok(())
+}
+
+struct GriotLogsArgs {
+    target: String,
+    admin_token: String,
+    database_url: String,
+    lines: usize,
+    followers: usize,
+    rate: u64,
+    duration: Duration,
+    connections: usize,
+    server_pid: Option<u32>,
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn rss_mib(pid: Option<u32>) -> String {
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| format!("{:.1} MiB", kb / 1024.0))
+        .unwrap_or_else(|| "n/a".to_owned())
+}
+
+fn unix_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
+    use quintet::{
+        griot::{queries, worker::JobLog},
+        proto::quintet::griot::v1::{
+            self as pb, griot_service_client::GriotServiceClient,
+            stream_installation_logs_response::Event,
+        },
+    };
+    use tokio_stream::StreamExt;
+
+    let pool = quintet::db::connect(args.database_url.parse()?, 4).await?;
+    let bearer: MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", args.admin_token).parse()?;
+    fn with<T>(message: T, bearer: &MetadataValue<tonic::metadata::Ascii>) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        request
+    }
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(args.target.clone())?.connect().await?);
+    }
+    let mut client = GriotServiceClient::new(channels[0].clone());
+
+    // One package to install; its jobs are claimed by this process, acting as the worker.
+    let key = std::env::temp_dir().join(format!("quintet-bench-{}.key", std::process::id()));
+    quintet::griot::sign::keygen(&key)?;
+    let manifest = quintet::griot::sign::sign_manifest(
+        &key,
+        r#"{"name":"bench","node_class":"bench","version":"1.0.0"}"#,
+    )?;
+    let _ = std::fs::remove_file(&key);
+    let artifact = {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, "bench", &b"ok"[..])?;
+        builder.into_inner()?.finish()?
+    };
+    let package = client
+        .register_package(with(tokio_stream::iter(vec![
+            pb::RegisterPackageRequest {
+                part: Some(pb::register_package_request::Part::Header(pb::PackageHeader {
+                    manifest_json: manifest.to_string(),
+                    ..Default::default()
+                })),
+            },
+            pb::RegisterPackageRequest {
+                part: Some(pb::register_package_request::Part::Chunk(artifact.into())),
+            },
+        ]), &bearer))
+        .await?
+        .into_inner()
+        .package
+        .expect("a package");
+    let worker_id = uuid::Uuid::new_v4();
+    let mut claim = async |target: &str| -> anyhow::Result<uuid::Uuid> {
+        let job = client
+            .create_installation(with(
+                pb::CreateInstallationRequest {
+                    package_id: package.package_id.clone(),
+                    target_node_id: target.to_owned(),
+                    ..Default::default()
+                },
+                &bearer,
+            ))
+            .await?
+            .into_inner()
+            .installation
+            .expect("a job");
+        let claimed = queries::claim_job(&pool, worker_id, 3600.0)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no job to claim: is the server running with QUINTET_GRIOT_WORKERS=0?"))?;
+        anyhow::ensure!(claimed.job_id.to_string() == job.job_id, "claimed another job");
+        Ok(claimed.job_id)
+    };
+
+    // 1. Throughput of one job's log.
+    let job = claim("bench-throughput").await?;
+    let log = JobLog::start(pool.clone(), job, worker_id);
+    let started = Instant::now();
+    for i in 0..args.lines {
+        log.info(&format!("line {i} of the throughput run")).await;
+    }
+    log.close().await;
+    let elapsed = started.elapsed();
+    let stored: i64 = sqlx::query_scalar("SELECT log_count FROM griot.installations WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(stored == args.lines as i64, "{stored} lines stored of {}", args.lines);
+    println!(
+        "one job's log: {} lines in {:.2} s = {:.0} lines/s (committed, notified)",
+        args.lines,
+        elapsed.as_secs_f64(),
+        args.lines as f64 / elapsed.as_secs_f64()
+    );
+    queries::finish_job(&pool, job, worker_id, "completed", "bench").await?;
+
+    // 2. Many followers of one job.
+    let job = claim("bench-followers").await?;
+    let log = JobLog::start(pool.clone(), job, worker_id);
+    log.info("warm-up").await;
+    let mut followers = Vec::new();
+    for i in 0..args.followers {
+        let mut client = GriotServiceClient::new(channels[i % channels.len()].clone());
+        let request = with(
+            pb::StreamInstallationLogsRequest {
+                job_id: job.to_string(),
+                from_seq: 1,
+                follow: true,
+            },
+            &bearer,
+        );
+        followers.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut stream = client.stream_installation_logs(request).await?.into_inner();
+            let mut lines = 0u64;
+            let mut ready = Some(());
+            while let Some(message) = stream.next().await {
+                match message?.event {
+                    Some(Event::Line(line)) => {
+                        lines += 1;
+                        if line.message == "warm-up" {
+                            ready.take();
+                        } else if let Some(sent) = line.message.rsplit(' ').next().and_then(|t| t.parse::<i64>().ok()) {
+                            histogram.record((unix_micros() - sent).max(1) as u64)?;
+                        }
+                    }
+                    Some(Event::Finished(_)) => break,
+                    None => {}
+                }
+            }
+            anyhow::ensure!(ready.is_none(), "the follower missed the first line");
+            Ok::<_, anyhow::Error>((lines, histogram))
+        }));
+    }
+    // Until every follower has its stream open and has caught up (each reads the warm-up line).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    println!("server RSS with {} followers attached: {}", args.followers, rss_mib(args.server_pid));
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let total = args.rate * args.duration.as_secs();
+    let started = Instant::now();
+    for i in 0..total {
+        ticker.tick().await;
+        log.info(&format!("line {i} written at {}", unix_micros())).await;
+    }
+    log.close().await;
+    let wall = started.elapsed();
+    queries::finish_job(&pool, job, worker_id, "completed", "bench").await?;
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut delivered = 0u64;
+    for follower in followers {
+        let (lines, histogram) = follower.await??;
+        delivered += lines;
+        all.add(histogram)?;
+    }
+    // Until the last follower had its last line, which may be after the last write.
+    let delivery_wall = started.elapsed();
+    let cpu_after = args.server_pid.and_then(cpu_seconds);
+    let expected = (total + 1) * args.followers as u64;
+    anyhow::ensure!(delivered == expected, "{delivered} lines delivered of {expected}");
+    println!(
+        "{} followers x {} lines at {}/s: {} deliveries in {:.1} s, {:.0}/s; latency write->receipt p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.followers,
+        total,
+        args.rate,
+        delivered,
+        delivery_wall.as_secs_f64(),
+        delivered as f64 / delivery_wall.as_secs_f64(),
+        all.value_at_quantile(0.50) as f64 / 1000.0,
+        all.value_at_quantile(0.99) as f64 / 1000.0,
+        all.max() as f64 / 1000.0,
+    );
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        println!(
+            "server CPU while following: {:.2} s over {:.1} s = {:.0}% of one core; RSS now {}, peak {}",
+            after - before,
+            wall.as_secs_f64(),
+            100.0 * (after - before) / wall.as_secs_f64(),
+            rss_mib(args.server_pid),
+            peak_rss_mib(args.server_pid)
+        );
+    }
+    pool.close().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod domain;
 mod handlers;
 pub mod logs;
 pub mod queries;
+pub mod sign;
 mod trust;
 pub mod unpack;
 pub mod worker;
