@@ -73,6 +73,8 @@ pub struct ServerHandle {
     stop_accepting: CancellationToken,
     health: ServiceHealth,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Background workers that must hand their work back before the database goes away.
+    workers: Vec<JoinHandle<()>>,
     grace: Duration,
     /// Set when this start generated the admin token.
     pub generated_admin_token: Option<PathBuf>,
@@ -88,6 +90,11 @@ impl ServerHandle {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.health.set_all(false).await;
         self.shutdown.cancel();
+        // Workers first: a job handed back now is resumed by another replica at once.
+        let workers = futures::future::join_all(std::mem::take(&mut self.workers));
+        if tokio::time::timeout(self.grace, workers).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "workers still busy after the grace period");
+        }
         self.stop_accepting.cancel();
         match tokio::time::timeout(self.grace, &mut self.task).await {
             Ok(result) => result?.context("the gRPC server failed")?,
@@ -237,7 +244,7 @@ pub async fn start(
         let collector = collector.clone();
         async move { Ok(collector.collect_garbage(COLLECT_GRACE).await? as u64) }
     });
-    worker::spawn_workers(
+    let workers = worker::spawn_workers(
         std::sync::Arc::new(worker::Runner {
             pool: pool.clone(),
             blobs: shared.blobs.scoped("griot"),
@@ -325,6 +332,7 @@ pub async fn start(
         stop_accepting,
         health,
         task,
+        workers,
         grace: config.shutdown_grace(),
         generated_admin_token,
     })

@@ -906,17 +906,22 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
         builder.into_inner()?.finish()?
     };
     let package = client
-        .register_package(with(tokio_stream::iter(vec![
-            pb::RegisterPackageRequest {
-                part: Some(pb::register_package_request::Part::Header(pb::PackageHeader {
-                    manifest_json: manifest.to_string(),
-                    ..Default::default()
-                })),
-            },
-            pb::RegisterPackageRequest {
-                part: Some(pb::register_package_request::Part::Chunk(artifact.into())),
-            },
-        ]), &bearer))
+        .register_package(with(
+            tokio_stream::iter(vec![
+                pb::RegisterPackageRequest {
+                    part: Some(pb::register_package_request::Part::Header(
+                        pb::PackageHeader {
+                            manifest_json: manifest.to_string(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                pb::RegisterPackageRequest {
+                    part: Some(pb::register_package_request::Part::Chunk(artifact.into())),
+                },
+            ]),
+            &bearer,
+        ))
         .await?
         .into_inner()
         .package
@@ -938,8 +943,15 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
             .expect("a job");
         let claimed = queries::claim_job(&pool, worker_id, 3600.0)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("no job to claim: is the server running with QUINTET_GRIOT_WORKERS=0?"))?;
-        anyhow::ensure!(claimed.job_id.to_string() == job.job_id, "claimed another job");
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no job to claim: is the server running with QUINTET_GRIOT_WORKERS=0?"
+                )
+            })?;
+        anyhow::ensure!(
+            claimed.job_id.to_string() == job.job_id,
+            "claimed another job"
+        );
         Ok(claimed.job_id)
     };
 
@@ -952,11 +964,16 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
     }
     log.close().await;
     let elapsed = started.elapsed();
-    let stored: i64 = sqlx::query_scalar("SELECT log_count FROM griot.installations WHERE job_id = $1")
-        .bind(job)
-        .fetch_one(&pool)
-        .await?;
-    anyhow::ensure!(stored == args.lines as i64, "{stored} lines stored of {}", args.lines);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT log_count FROM griot.installations WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&pool)
+            .await?;
+    anyhow::ensure!(
+        stored == args.lines as i64,
+        "{stored} lines stored of {}",
+        args.lines
+    );
     println!(
         "one job's log: {} lines in {:.2} s = {:.0} lines/s (committed, notified)",
         args.lines,
@@ -991,7 +1008,12 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
                         lines += 1;
                         if line.message == "warm-up" {
                             ready.take();
-                        } else if let Some(sent) = line.message.rsplit(' ').next().and_then(|t| t.parse::<i64>().ok()) {
+                        } else if let Some(sent) = line
+                            .message
+                            .rsplit(' ')
+                            .next()
+                            .and_then(|t| t.parse::<i64>().ok())
+                        {
                             histogram.record((unix_micros() - sent).max(1) as u64)?;
                         }
                     }
@@ -1006,14 +1028,19 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
     // Until every follower has its stream open and has caught up (each reads the warm-up line).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_before = args.server_pid.and_then(cpu_seconds);
-    println!("server RSS with {} followers attached: {}", args.followers, rss_mib(args.server_pid));
+    println!(
+        "server RSS with {} followers attached: {}",
+        args.followers,
+        rss_mib(args.server_pid)
+    );
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let mut ticker = tokio::time::interval(interval);
     let total = args.rate * args.duration.as_secs();
     let started = Instant::now();
     for i in 0..total {
         ticker.tick().await;
-        log.info(&format!("line {i} written at {}", unix_micros())).await;
+        log.info(&format!("line {i} written at {}", unix_micros()))
+            .await;
     }
     log.close().await;
     let wall = started.elapsed();
@@ -1029,7 +1056,10 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
     let delivery_wall = started.elapsed();
     let cpu_after = args.server_pid.and_then(cpu_seconds);
     let expected = (total + 1) * args.followers as u64;
-    anyhow::ensure!(delivered == expected, "{delivered} lines delivered of {expected}");
+    anyhow::ensure!(
+        delivered == expected,
+        "{delivered} lines delivered of {expected}"
+    );
     println!(
         "{} followers x {} lines at {}/s: {} deliveries in {:.1} s, {:.0}/s; latency write->receipt p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.followers,

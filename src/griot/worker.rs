@@ -62,12 +62,14 @@ pub struct Runner {
     pub worker_id: Uuid,
 }
 
-/// Starts `count` worker loops.
-pub fn spawn_workers(runner: Arc<Runner>, count: usize) {
-    for _ in 0..count {
-        let runner = runner.clone();
-        tokio::spawn(async move { runner.work().await });
-    }
+/// Starts `count` worker loops; they end after `runner.shutdown`, once their job is handed back.
+pub fn spawn_workers(runner: Arc<Runner>, count: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count)
+        .map(|_| {
+            let runner = runner.clone();
+            tokio::spawn(async move { runner.work().await })
+        })
+        .collect()
 }
 
 /// A package of a job and its verified manifest.
