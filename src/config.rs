@@ -39,6 +39,9 @@ pub enum Command {
         /// The author's key file (from griot-keygen).
         #[arg(long)]
         key: PathBuf,
+        /// The package's `.tar.gz`: its SHA-256 becomes the manifest's `artifact_sha256`.
+        #[arg(long)]
+        artifact: Option<PathBuf>,
         /// The manifest file.
         manifest: PathBuf,
     },
@@ -174,6 +177,43 @@ pub struct Config {
     /// Largest single content the store accepts, in bytes.
     #[arg(long, env = "QUINTET_STORE_MAX_CONTENT_BYTES", default_value_t = 64 * 1024 * 1024 * 1024, global = true)]
     pub store_max_content_bytes: u64,
+
+    /// JSON Web Key Set of the market's OpenID Connect issuer (ID-token signing keys).
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_OIDC_JWKS_URL",
+        default_value = "https://www.googleapis.com/oauth2/v3/certs",
+        global = true
+    )]
+    pub market_oidc_jwks_url: String,
+
+    /// Accepted `iss` values of ID tokens, comma-separated.
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_OIDC_ISSUERS",
+        default_value = "https://accounts.google.com,accounts.google.com",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub market_oidc_issuers: Vec<String>,
+
+    /// The OAuth client id ID tokens must be issued to (`aud`). Unset: market sign-in is off.
+    #[arg(long, env = "QUINTET_MARKET_OIDC_AUDIENCE", global = true)]
+    pub market_oidc_audience: Option<String>,
+
+    /// The market's master key (64 hex digits) wrapping dataset keys; every replica needs the
+    /// same. Unset: generated once into `<data dir>/market-master-key` (mode 0600).
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_MASTER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub market_master_key: Option<Secret>,
+
+    /// Largest dataset accepted, in bytes of plaintext.
+    #[arg(long, env = "QUINTET_MARKET_MAX_DATASET_BYTES", default_value_t = 1024 * 1024 * 1024, global = true)]
+    pub market_max_dataset_bytes: u64,
 
     /// Installation workers each server process runs (0: this process runs no jobs).
     #[arg(

@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod griot;
 pub mod health;
+pub mod market;
 pub mod notify;
 pub mod page_token;
 pub mod proto;
@@ -43,13 +44,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", griot::sign::keygen(&out)?);
             Ok(())
         }
-        Command::GriotSign { key, manifest } => {
+        Command::GriotSign {
+            key,
+            manifest,
+            artifact,
+        } => {
             let text = if manifest.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
                 std::fs::read_to_string(&manifest)?
             };
-            println!("{}", griot::sign::sign_manifest(&key, &text)?);
+            println!(
+                "{}",
+                griot::sign::sign_manifest(&key, &text, artifact.as_deref())?
+            );
             Ok(())
         }
     }

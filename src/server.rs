@@ -23,6 +23,7 @@ use crate::{
     db::DatabaseMode,
     griot::{GriotService, worker},
     health::ServiceHealth,
+    market::MarketService,
     notify::Notifier,
     page_token::PageTokens,
     proto::{
@@ -30,6 +31,7 @@ use crate::{
         quintet::{
             admin::v1::admin_service_server::AdminServiceServer,
             griot::v1::griot_service_server::GriotServiceServer,
+            market::v1::market_service_server::MarketServiceServer,
             registry::v1::registry_service_server::RegistryServiceServer,
             store::v1::store_service_server::StoreServiceServer,
         },
@@ -147,6 +149,7 @@ pub async fn start(
             "quintet.registry.v1.RegistryService",
             "quintet.store.v1.StoreService",
             "quintet.griot.v1.GriotService",
+            "quintet.market.v1.MarketService",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
@@ -271,6 +274,40 @@ pub async fn start(
         .accept_compressed(gzip)
         .send_compressed(gzip);
 
+    let market = MarketService {
+        pool: pool.clone(),
+        blobs: shared.blobs.scoped("market"),
+        oidc: std::sync::Arc::new(crate::market::oidc::OidcVerifier::new(
+            crate::market::oidc::OidcConfig {
+                jwks_url: config.market_oidc_jwks_url.clone(),
+                issuers: config.market_oidc_issuers.clone(),
+                audience: config.market_oidc_audience.clone(),
+            },
+        )?),
+        master_key: crate::market::load_master_key(
+            &pool,
+            config.market_master_key.as_ref(),
+            &config.data_dir,
+        )
+        .await?,
+        page_tokens: shared.page_tokens.clone(),
+        max_dataset_bytes: config.market_max_dataset_bytes,
+    };
+    let collector = market.clone();
+    spawn_hourly_collector(
+        "market datasets and sessions",
+        shutdown.clone(),
+        move || {
+            let collector = collector.clone();
+            async move { Ok(collector.collect_garbage(COLLECT_GRACE).await? as u64) }
+        },
+    );
+    let market_service = MarketServiceServer::new(market)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .accept_compressed(gzip)
+        .send_compressed(gzip);
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -314,7 +351,8 @@ pub async fn start(
         .add_service(admin_service)
         .add_service(registry_service)
         .add_service(store_service)
-        .add_service(griot_service);
+        .add_service(griot_service)
+        .add_service(market_service);
 
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
@@ -369,6 +407,7 @@ fn spawn_upload_collector(shared: Shared) {
             shared.blobs.scoped("registry"),
             shared.blobs.scoped("store"),
             shared.blobs.scoped("griot"),
+            shared.blobs.scoped("market"),
         ];
         loop {
             for blobs in &scopes {

@@ -889,13 +889,6 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
     let mut client = GriotServiceClient::new(channels[0].clone());
 
     // One package to install; its jobs are claimed by this process, acting as the worker.
-    let key = std::env::temp_dir().join(format!("quintet-bench-{}.key", std::process::id()));
-    quintet::griot::sign::keygen(&key)?;
-    let manifest = quintet::griot::sign::sign_manifest(
-        &key,
-        r#"{"name":"bench","node_class":"bench","version":"1.0.0"}"#,
-    )?;
-    let _ = std::fs::remove_file(&key);
     let artifact = {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut builder = tar::Builder::new(gz);
@@ -905,6 +898,17 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
         builder.append_data(&mut header, "bench", &b"ok"[..])?;
         builder.into_inner()?.finish()?
     };
+    let scratch = std::env::temp_dir().join(format!("quintet-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let (key, artifact_path) = (scratch.join("author.key"), scratch.join("bench.tgz"));
+    std::fs::write(&artifact_path, &artifact)?;
+    quintet::griot::sign::keygen(&key)?;
+    let manifest = quintet::griot::sign::sign_manifest(
+        &key,
+        r#"{"name":"bench","node_class":"bench","version":"1.0.0"}"#,
+        Some(&artifact_path),
+    )?;
+    let _ = std::fs::remove_dir_all(&scratch);
     let package = client
         .register_package(with(
             tokio_stream::iter(vec![

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{
-    domain::JobOptions,
+    domain::{JobOptions, redact_url},
     queries::{JobRow, LogRow, NodePackageRow, PackageRow, TrustRow},
 };
 use crate::proto::{quintet::griot::v1 as pb, timestamp};
@@ -35,7 +35,7 @@ pub fn package(row: PackageRow) -> pb::Package {
             .unwrap_or_default(),
         manifest_json: manifest.to_string(),
         package_id: row.package_id,
-        artifact_url: row.artifact_url,
+        artifact_url: redact_url(&row.artifact_url),
         author_did: row.author_did,
         signature: row.signature,
         create_time: Some(timestamp(row.created_at)),

@@ -119,6 +119,9 @@ pub struct Manifest {
     pub author: DidKey,
     pub dependencies: Vec<PackageId>,
     pub description: String,
+    /// The artifact the author signed for: its SHA-256, which must be the package id. Without
+    /// it a signed manifest could be registered with any bytes.
+    pub artifact: PackageId,
     /// The whole manifest as given (its `signature` field included, if it had one).
     pub json: Value,
     /// The signature, decoded.
@@ -278,6 +281,16 @@ impl Manifest {
             }
             Some(_) => return Err(manifest_error("dependencies", "must be an array")),
         };
+        let artifact = PackageId::parse(
+            "header.manifest_json.artifact_sha256",
+            manifest_string(object, "artifact_sha256")?,
+        )
+        .map_err(|_| {
+            manifest_error(
+                "artifact_sha256",
+                "the artifact's SHA-256, 64 lowercase hex digits",
+            )
+        })?;
         let description = match object.get("description") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(text)) => text.clone(),
@@ -288,16 +301,20 @@ impl Manifest {
             Some(Value::String(text)) => Some(text.as_str()),
             Some(_) => return Err(manifest_error("signature", "must be a string")),
         };
-        let signature_text = match (embedded, signature.is_empty()) {
-            (Some(embedded), false) if embedded != signature => {
-                return Err(Error::invalid_argument_because(
-                    SIGNATURE_FAILED,
-                    "header.signature",
-                    "differs from the manifest's signature field",
-                ));
+        let signature = match (embedded, signature.is_empty()) {
+            (Some(embedded), given_empty) => {
+                let bytes = decode_signature("header.manifest_json.signature", embedded)?;
+                // Compared as bytes: encodings of one signature differ (padding, alphabet).
+                if !given_empty && decode_signature("header.signature", signature)? != bytes {
+                    return Err(Error::invalid_argument_because(
+                        SIGNATURE_FAILED,
+                        "header.signature",
+                        "differs from the manifest's signature field",
+                    ));
+                }
+                bytes
             }
-            (Some(embedded), _) => embedded,
-            (None, false) => signature,
+            (None, false) => decode_signature("header.signature", signature)?,
             (None, true) => {
                 return Err(Error::invalid_argument_because(
                     SIGNATURE_FAILED,
@@ -306,12 +323,6 @@ impl Manifest {
                 ));
             }
         };
-        let field = if embedded.is_some() {
-            "header.manifest_json.signature"
-        } else {
-            "header.signature"
-        };
-        let signature = decode_signature(field, signature_text)?;
         let manifest = Manifest {
             name: name.to_owned(),
             node_class: node_class.to_owned(),
@@ -319,6 +330,7 @@ impl Manifest {
             author,
             dependencies,
             description,
+            artifact,
             signature,
             json: json.clone(),
         };
@@ -401,6 +413,12 @@ impl ArtifactSource {
         }
         let url = url::Url::parse(text)
             .map_err(|e| Error::invalid_argument(field, format!("not a URL: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::invalid_argument(
+                field,
+                "credentials in URLs would be shown to everyone; use a pre-signed query instead",
+            ));
+        }
         match url.scheme() {
             "http" | "https" if url.host().is_some() => Ok(ArtifactSource::Http(url)),
             "file" => url
@@ -412,6 +430,15 @@ impl ArtifactSource {
                 "only http://, https:// and file:// URLs are fetched",
             )),
         }
+    }
+}
+
+/// An artifact URL as shown publicly and in logs: without its query and fragment, which may
+/// carry access tokens (pre-signed URLs).
+pub fn redact_url(text: &str) -> String {
+    match text.find(['?', '#']) {
+        Some(cut) => format!("{}?…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -512,14 +539,19 @@ mod tests {
         let mut manifest = json!({
             "name": "weather-sensor", "node_class": "sensor", "version": "1.2.3",
             "author": did_of(&key).as_str(), "dependencies": [], "description": "reads the sky",
+            "artifact_sha256": "a".repeat(64),
         });
         let signature = signed(&key, &manifest);
         let parsed = Manifest::parse(&manifest.to_string(), &signature).unwrap();
         assert_eq!(parsed.version, semver::Version::new(1, 2, 3));
 
-        // Embedded in the manifest, the signature is left out of what it signs.
+        // Embedded in the manifest, the signature is left out of what it signs; any base64
+        // spelling of it is the same signature.
         manifest["signature"] = Value::String(signature.clone());
         Manifest::parse(&manifest.to_string(), "").unwrap();
+        let padded = base64::engine::general_purpose::URL_SAFE
+            .encode(decode_signature("s", &signature).unwrap());
+        Manifest::parse(&manifest.to_string(), &padded).unwrap();
 
         manifest["description"] = Value::String("reads the sea".into());
         let error = Manifest::parse(&manifest.to_string(), "").unwrap_err();
@@ -528,7 +560,7 @@ mod tests {
         // Signed by another key than the author's.
         let other = json!({
             "name": "weather-sensor", "node_class": "sensor", "version": "1.2.3",
-            "author": did_of(&key).as_str(),
+            "author": did_of(&key).as_str(), "artifact_sha256": "b".repeat(64),
         });
         let forged = signed(&super::tests::key(3), &other);
         let error = Manifest::parse(&other.to_string(), &forged).unwrap_err();
@@ -538,7 +570,7 @@ mod tests {
     #[test]
     fn malformed_manifests_name_the_field() {
         let key = key(4);
-        let base = json!({"name": "n", "node_class": "c", "version": "1.0.0", "author": did_of(&key).as_str()});
+        let base = json!({"name": "n", "node_class": "c", "version": "1.0.0", "author": did_of(&key).as_str(), "artifact_sha256": "c".repeat(64)});
         for (field, value) in [
             ("name", json!("Bad Name")),
             ("node_class", json!("")),
@@ -546,6 +578,7 @@ mod tests {
             ("author", json!("did:web:x")),
             ("dependencies", json!(["nothex"])),
             ("description", json!(5)),
+            ("artifact_sha256", json!("ABC")),
         ] {
             let mut manifest = base.clone();
             manifest[field] = value;
@@ -576,7 +609,17 @@ mod tests {
             ArtifactSource::parse("u", "file:///srv/a.tgz").unwrap(),
             ArtifactSource::File("/srv/a.tgz".into())
         );
-        for bad in ["ftp://x/a", "nonsense", "https://", "data:text/plain,x"] {
+        assert_eq!(
+            redact_url("https://h/a.tgz?X-Sig=secret"),
+            "https://h/a.tgz?…"
+        );
+        for bad in [
+            "ftp://x/a",
+            "nonsense",
+            "https://",
+            "data:text/plain,x",
+            "https://u:p@h/a",
+        ] {
             assert!(ArtifactSource::parse("u", bad).is_err(), "{bad}");
         }
     }

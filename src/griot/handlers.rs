@@ -169,6 +169,17 @@ impl griot_service_server::GriotService for GriotService {
             (id, header.artifact_url.clone(), None)
         };
 
+        if manifest.artifact != id {
+            return Err(Error::invalid_argument_because(
+                INTEGRITY_CHECK_FAILED,
+                "header.manifest_json.artifact_sha256",
+                format!(
+                    "the signed manifest is for artifact {}, not {id}",
+                    manifest.artifact
+                ),
+            )
+            .into());
+        }
         let signature = encode_signature(&manifest.signature);
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         if size.is_some() {

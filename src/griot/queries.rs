@@ -344,7 +344,7 @@ pub async fn cancel_job(tx: &mut PgConnection, job_id: Uuid) -> Result<Option<Jo
 }
 
 /// Claims the oldest pending job, or a running one whose worker's lease expired (that worker
-/// died), for `lease_seconds`. `FOR UPDATE SKIP LOCKED`: concurrent workers on any replica each
+/// died), for `lease_seconds`, skipping targets another job is installing onto. `FOR UPDATE SKIP LOCKED`: concurrent workers on any replica each
 /// get a different job, and none waits for another.
 pub async fn claim_job<'e>(
     executor: impl PgExecutor<'e>,
@@ -353,8 +353,13 @@ pub async fn claim_job<'e>(
 ) -> Result<Option<JobRow>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH next AS (
-             SELECT job_id FROM griot.installations
-             WHERE status = 'pending' OR (status = 'running' AND lease_until < now())
+             SELECT job_id FROM griot.installations c
+             WHERE (status = 'pending' OR (status = 'running' AND lease_until < now()))
+               -- Not while another job installs onto the same target (the run's target lock
+               -- settles the rare race of two claims at once).
+               AND NOT EXISTS (SELECT 1 FROM griot.installations r
+                               WHERE r.target_node_id = c.target_node_id AND r.job_id <> c.job_id
+                                 AND r.status = 'running' AND r.lease_until >= now())
              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
          UPDATE griot.installations i SET
              status = 'running', worker_id = $1, lease_until = now() + make_interval(secs => $2),
@@ -545,13 +550,17 @@ pub struct Installed<'a> {
     pub job_id: Uuid,
 }
 
+/// Records a package as installed on its target, if `claim` still holds the job. Whether it did.
 pub async fn record_installed<'e>(
     executor: impl PgExecutor<'e>,
     installed: &Installed<'_>,
-) -> Result<()> {
-    sqlx::query(
+    claim: Uuid,
+) -> Result<bool> {
+    Ok(sqlx::query(
         "INSERT INTO griot.node_packages (target_node_id, package_id, name, node_class, version, job_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         SELECT $1, $2, $3, $4, $5, $6
+         WHERE EXISTS (SELECT 1 FROM griot.installations
+                       WHERE job_id = $6 AND worker_id = $7 AND status = 'running')
          ON CONFLICT (target_node_id, package_id) DO UPDATE SET job_id = $6, installed_at = now()",
     )
     .bind(installed.target)
@@ -560,27 +569,36 @@ pub async fn record_installed<'e>(
     .bind(installed.node_class)
     .bind(installed.version)
     .bind(installed.job_id)
+    .bind(claim)
     .execute(executor)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1)
 }
 
-/// Forgets a package a job installed (rollback).
+/// Forgets a package a job installed (rollback), if `claim` still holds the job. Whether it
+/// did: only then may its directory go.
 pub async fn forget_installed<'e>(
     executor: impl PgExecutor<'e>,
     target: &str,
     id: &PackageId,
     job_id: Uuid,
-) -> Result<()> {
-    sqlx::query(
-        "DELETE FROM griot.node_packages WHERE target_node_id = $1 AND package_id = $2 AND job_id = $3",
+    claim: Uuid,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "DELETE FROM griot.node_packages
+         WHERE target_node_id = $1 AND package_id = $2 AND job_id = $3
+           AND EXISTS (SELECT 1 FROM griot.installations
+                       WHERE job_id = $3 AND worker_id = $4 AND status = 'running')",
     )
     .bind(target)
     .bind(id.to_string())
     .bind(job_id)
+    .bind(claim)
     .execute(executor)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// The packages a job installed, newest first.

@@ -46,9 +46,14 @@ fn did_of(key: &Ed25519KeyPair) -> String {
     DidKey::from_public_key(public).as_str().to_owned()
 }
 
-/// Signs a manifest: sets `author` to the key's DID when missing (refuses another author), and
-/// returns the manifest with its `signature` field.
-pub fn sign_manifest(key_path: &Path, manifest: &str) -> anyhow::Result<Value> {
+/// Signs a manifest: sets `author` to the key's DID when missing (refuses another author) and
+/// `artifact_sha256` to the artifact's hash when given, and returns the manifest with its
+/// `signature` field.
+pub fn sign_manifest(
+    key_path: &Path,
+    manifest: &str,
+    artifact: Option<&Path>,
+) -> anyhow::Result<Value> {
     let key = load(key_path)?;
     let did = did_of(&key);
     let mut manifest: Value = serde_json::from_str(manifest).context("the manifest is not JSON")?;
@@ -61,6 +66,14 @@ pub fn sign_manifest(key_path: &Path, manifest: &str) -> anyhow::Result<Value> {
         }
         Some(Value::String(author)) if *author == did => {}
         Some(other) => bail!("the manifest's author is {other}, but this key is {did}"),
+    }
+    if let Some(path) = artifact {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        object.insert(
+            "artifact_sha256".into(),
+            Value::String(crate::blobs::Sha256::of(&bytes).to_hex()),
+        );
     }
     let signature = key.sign(&signing_bytes(&manifest).map_err(|e| anyhow::anyhow!("{e}"))?);
     manifest["signature"] = Value::String(encode_signature(signature.as_ref()));
@@ -78,15 +91,22 @@ mod tests {
         let key = dir.path().join("author.key");
         let did = keygen(&key).unwrap();
         assert!(keygen(&key).is_err(), "never overwrites a key");
+        let artifact = dir.path().join("a.tgz");
+        std::fs::write(&artifact, b"bytes").unwrap();
         let signed = sign_manifest(
             &key,
             r#"{"name":"n","node_class":"c","version":"1.0.0","extra":{"b":2,"a":1}}"#,
+            Some(&artifact),
         )
         .unwrap();
+        assert_eq!(
+            signed["artifact_sha256"],
+            crate::blobs::Sha256::of(b"bytes").to_hex()
+        );
         assert_eq!(signed["author"], Value::String(did));
         Manifest::parse(&signed.to_string(), "").unwrap();
         let other = dir.path().join("other.key");
         keygen(&other).unwrap();
-        assert!(sign_manifest(&other, &signed.to_string()).is_err());
+        assert!(sign_manifest(&other, &signed.to_string(), None).is_err());
     }
 }

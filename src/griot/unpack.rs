@@ -122,6 +122,43 @@ fn check_symlink_target(relative: &Path, target: &Path) -> Result<(), UnpackErro
     Ok(())
 }
 
+/// Why [`Capped`] stopped reading.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum CapHit {
+    #[default]
+    No,
+    Size,
+    Cancelled,
+}
+
+/// The decompressed archive, cut off after `cap` bytes: headers and the data of entries that are
+/// not files (GNU long names, PAX records, directories with data...) are read by the tar parser
+/// itself, before any entry reaches the checks below, so the limit must hold underneath it.
+struct Capped<'a, R> {
+    inner: R,
+    read: u64,
+    cap: u64,
+    hit: &'a std::cell::Cell<CapHit>,
+    cancelled: &'a dyn Fn() -> bool,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read > self.cap {
+            self.hit.set(CapHit::Size);
+            return Err(io::Error::other("decompressed size limit"));
+        }
+        let n = self.inner.read(buf)?;
+        let before = self.read;
+        self.read += n as u64;
+        if before / (1024 * 1024) != self.read / (1024 * 1024) && (self.cancelled)() {
+            self.hit.set(CapHit::Cancelled);
+            return Err(io::Error::other("cancelled"));
+        }
+        Ok(n)
+    }
+}
+
 /// Extracts the `.tar.gz` at `archive` into `root` (created; must not exist), polling
 /// `cancelled` between entries and every megabyte.
 pub fn unpack(
@@ -130,10 +167,40 @@ pub fn unpack(
     limits: Limits,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Unpacked, UnpackError> {
+    let hit = std::cell::Cell::new(CapHit::No);
+    let result = unpack_capped(archive, root, limits, cancelled, &hit);
+    match hit.get() {
+        CapHit::No => result,
+        CapHit::Cancelled => Err(UnpackError::Cancelled),
+        CapHit::Size => Err(UnpackError::Unsafe(format!(
+            "unpacks to more than {} bytes",
+            limits.max_bytes
+        ))),
+    }
+}
+
+fn unpack_capped(
+    archive: &Path,
+    root: &Path,
+    limits: Limits,
+    cancelled: &dyn Fn() -> bool,
+    hit: &std::cell::Cell<CapHit>,
+) -> Result<Unpacked, UnpackError> {
     fs::create_dir(root)?;
     let file = File::open(archive)?;
     let gzip = flate2::read::GzDecoder::new(BufReader::with_capacity(256 * 1024, file));
-    let mut tar = tar::Archive::new(gzip);
+    // Room for every entry's header and a long name on top of the files' bytes.
+    let cap = limits
+        .max_bytes
+        .saturating_add(limits.max_entries.saturating_mul(8 * 1024))
+        .saturating_add(1024 * 1024);
+    let mut tar = tar::Archive::new(Capped {
+        inner: gzip,
+        read: 0,
+        cap,
+        hit,
+        cancelled,
+    });
     let mut done = Unpacked::default();
     let entries = tar
         .entries()
@@ -410,6 +477,28 @@ mod tests {
         let items: Vec<Item> = many.iter().map(|p| Item::File(p, b"")).collect();
         let (_dir, result) = run(&items, LIMITS);
         assert!(matches!(result, Err(UnpackError::Unsafe(m)) if m.contains("entries")));
+    }
+
+    #[test]
+    fn a_huge_long_name_header_is_cut_off_before_it_is_read_into_memory() {
+        // A GNU long-name entry claiming 64 MiB of name: the tar parser reads such data whole,
+        // before any entry reaches the checks, so the decompressed stream itself is capped.
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        let size = 64 << 20;
+        let mut h = header(tar::EntryType::GNULongName, size);
+        raw_path(&mut h, "././@LongLink");
+        h.set_cksum();
+        builder.append(&h, io::repeat(b'a').take(size)).unwrap();
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tar.gz");
+        fs::write(&path, bytes).unwrap();
+        let result = unpack(&path, &dir.path().join("root"), LIMITS, &|| false);
+        assert!(
+            matches!(&result, Err(UnpackError::Unsafe(m)) if m.contains("bytes")),
+            "{result:?}"
+        );
     }
 
     #[test]

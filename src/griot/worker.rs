@@ -38,6 +38,8 @@ use crate::{
 
 /// How long a claim lasts without renewal. A worker renews every third of it.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// Claims after which a job whose workers keep dying (a crash it causes, say) fails.
+const MAX_ATTEMPTS: i32 = 5;
 /// How often idle workers look for claimable jobs without a notification (expired leases do not
 /// notify).
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -102,10 +104,13 @@ impl Runner {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            match queries::claim_job(&self.pool, self.worker_id, LEASE.as_secs_f64()).await {
+            // A fresh token per claim: every write of the run is fenced by it, so a run that lost
+            // its lease (even to a sibling worker of this process) cannot touch the job again.
+            let claim = Uuid::new_v4();
+            match queries::claim_job(&self.pool, claim, LEASE.as_secs_f64()).await {
                 Ok(Some(job)) => {
                     let span = tracing::info_span!("installation", job_id = %job.job_id);
-                    self.run(job).instrument(span).await
+                    self.run(job, claim).instrument(span).await
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -125,30 +130,47 @@ impl Runner {
         }
     }
 
-    /// Runs one claimed job to its end (or until this process stops).
-    async fn run(&self, job: JobRow) {
+    /// Runs one claimed job to its end (or until this process stops or loses the job).
+    async fn run(&self, job: JobRow, claim: Uuid) {
         let job_id = job.job_id;
         let options: JobOptions = serde_json::from_value(job.options.0.clone()).unwrap_or_default();
-        let log = JobLog::start(self.pool.clone(), job_id, self.worker_id);
+        let log = JobLog::start(self.pool.clone(), job_id, claim);
         let stop = CancellationToken::new();
+        let done = CancellationToken::new();
         let reason: Arc<Mutex<Option<Stop>>> = Arc::default();
+        // The timeout runs from the job's first start, across attempts.
+        let elapsed = job
+            .started_at
+            .map(|at| (OffsetDateTime::now_utc() - at).max(time::Duration::ZERO))
+            .unwrap_or_default();
+        let timeout = Duration::from_secs(u64::from(options.timeout_seconds.max(1)))
+            .saturating_sub(elapsed.unsigned_abs());
         let watcher = tokio::spawn(watch(
             WatchContext {
                 pool: self.pool.clone(),
                 notifier: self.notifier.clone(),
                 shutdown: self.shutdown.clone(),
                 job_id,
-                worker_id: self.worker_id,
-                timeout: Duration::from_secs(u64::from(options.timeout_seconds.max(1))),
+                claim,
+                timeout,
                 already_cancelled: job.cancel_requested,
             },
             stop.clone(),
+            done.clone(),
             reason.clone(),
         ));
 
-        let result = self.install(&job, &options, &log, &stop).await;
+        // One job per target at a time, whichever replica runs it: a session lock held for the
+        // whole run (released by PostgreSQL if this process dies).
+        let lock = self.lock_target(&job.target_node_id, &log, &stop).await;
+        let result = match &lock {
+            Ok(_) if job.attempts > MAX_ATTEMPTS => Err(Stop::Failed(format!(
+                "gave up after {MAX_ATTEMPTS} attempts: the workers running it kept stopping"
+            ))),
+            Ok(_) => self.install(&job, claim, &options, &log, &stop).await,
+            Err(_) => Err(Stop::Cancelled),
+        };
         stop.cancel();
-        let _ = watcher.await;
         let stop_reason = reason.lock().unwrap().take();
         let outcome = match result {
             Ok(message) => Ok(message),
@@ -157,56 +179,110 @@ impl Runner {
         };
 
         let staging = self.staging_dir(&job.target_node_id, job_id);
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        let (status, message) = match outcome {
-            Ok(message) => ("completed", message),
+        let mut release = false;
+        let finish = match outcome {
+            Ok(message) => Some(("completed", message)),
             Err(Stop::Shutdown) => {
+                let _ = tokio::fs::remove_dir_all(&staging).await;
                 // What is installed stays: the next worker skips it.
                 log.info("this server is shutting down; the job goes back to the queue")
                     .await;
-                log.close().await;
-                if let Err(error) = queries::release_job(&self.pool, job_id, self.worker_id).await {
-                    tracing::warn!(%error, "cannot release the job; its lease will expire");
-                }
-                return;
+                release = true;
+                None
             }
             Err(Stop::LostLease) => {
+                // Nothing here is ours any more, not even the staging directory.
                 tracing::warn!("lost the lease on the job; another worker has it");
-                log.close().await;
-                return;
+                None
             }
             Err(Stop::Cancelled) => {
-                self.roll_back(&job, &log).await;
-                (
+                self.roll_back(&job, claim, &log).await;
+                Some((
                     "cancelled",
                     "cancelled; what the job unpacked was removed".to_owned(),
-                )
+                ))
             }
             Err(Stop::TimedOut) => {
-                let message = format!("timed out after {} s", options.timeout_seconds);
                 if options.rollback_on_failure {
-                    self.roll_back(&job, &log).await;
+                    self.roll_back(&job, claim, &log).await;
                 }
-                ("failed", message)
+                Some((
+                    "failed",
+                    format!("timed out after {} s", options.timeout_seconds),
+                ))
             }
             Err(Stop::Failed(message)) => {
                 if options.rollback_on_failure {
-                    self.roll_back(&job, &log).await;
+                    self.roll_back(&job, claim, &log).await;
                 }
-                ("failed", message)
+                Some(("failed", message))
             }
         };
-        match status {
-            "completed" => log.info(&message).await,
-            "cancelled" => log.warn(&message).await,
-            _ => log.error(&message).await,
+        if let Some((status, message)) = &finish {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            match *status {
+                "completed" => log.info(message).await,
+                "cancelled" => log.warn(message).await,
+                _ => log.error(message).await,
+            }
         }
         log.close().await;
-        match queries::finish_job(&self.pool, job_id, self.worker_id, status, &message).await {
-            Ok(true) => tracing::info!(status, "installation ended"),
-            Ok(false) => tracing::warn!("the job was taken over before it could end"),
-            Err(error) => {
-                tracing::warn!(%error, "cannot record the job's end; its lease will expire and it will run again")
+        if release && let Err(error) = queries::release_job(&self.pool, job_id, claim).await {
+            tracing::warn!(%error, "cannot release the job; its lease will expire");
+        }
+        if let Some((status, message)) = finish {
+            match queries::finish_job(&self.pool, job_id, claim, status, &message).await {
+                Ok(true) => tracing::info!(status, "installation ended"),
+                Ok(false) => tracing::warn!("the job was taken over before it could end"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record the job's end; its lease will expire and it will run again")
+                }
+            }
+        }
+        // Renewal stops only now: until the job's end is recorded, nobody may take it over.
+        done.cancel();
+        let _ = watcher.await;
+        if let Ok(mut connection) = lock {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut *connection)
+                .await;
+            if unlocked.is_err() {
+                // A connection that may still hold the lock must not go back to the pool.
+                let _ = sqlx::Connection::close(connection.detach()).await;
+            }
+        }
+    }
+
+    /// Takes the target's lock on a connection of its own, waiting (and saying so in the log)
+    /// while another job installs onto the same target.
+    async fn lock_target(
+        &self,
+        target: &str,
+        log: &JobLog,
+        stop: &CancellationToken,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+        let mut connection = self.pool.acquire().await?;
+        let mut said = false;
+        loop {
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtextextended('griot.target.' || $1, 0))",
+            )
+            .bind(target)
+            .fetch_one(&mut *connection)
+            .await?;
+            if locked {
+                return Ok(connection);
+            }
+            if !said {
+                log.info(&format!(
+                    "waiting for another installation onto {target} to end"
+                ))
+                .await;
+                said = true;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Err(Error::Cancelled("stopped while waiting".into())),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     }
@@ -218,8 +294,9 @@ impl Runner {
             .join(job_id.to_string())
     }
 
-    /// Removes the packages this job installed (in any of its attempts), newest first.
-    async fn roll_back(&self, job: &JobRow, log: &JobLog) {
+    /// Removes the packages this job installed (in any of its attempts), newest first: each
+    /// record first, then, only if this run still held the job and removed it, the directory.
+    async fn roll_back(&self, job: &JobRow, claim: Uuid, log: &JobLog) {
         let installed = match queries::installed_by_job(&self.pool, job.job_id).await {
             Ok(installed) => installed,
             Err(error) => {
@@ -228,22 +305,26 @@ impl Runner {
             }
         };
         for id in installed {
-            let dir = self
-                .nodes_dir
-                .join(&job.target_node_id)
-                .join(id.to_string());
-            let removed = tokio::fs::remove_dir_all(&dir).await;
-            let forgotten =
-                queries::forget_installed(&self.pool, &job.target_node_id, &id, job.job_id).await;
-            match (removed, forgotten) {
-                (Ok(()), Ok(())) => log.info(&format!("rolled back {id}")).await,
-                (removed, forgotten) => {
-                    log.warn(&format!(
-                        "could not fully roll back {id}: {:?} {:?}",
-                        removed.err(),
-                        forgotten.err()
-                    ))
-                    .await
+            match queries::forget_installed(&self.pool, &job.target_node_id, &id, job.job_id, claim)
+                .await
+            {
+                Ok(true) => {
+                    let dir = self
+                        .nodes_dir
+                        .join(&job.target_node_id)
+                        .join(id.to_string());
+                    match tokio::fs::remove_dir_all(&dir).await {
+                        Ok(()) => log.info(&format!("rolled back {id}")).await,
+                        Err(error) => {
+                            log.warn(&format!("could not remove {}: {error}", dir.display()))
+                                .await
+                        }
+                    }
+                }
+                Ok(false) => return,
+                Err(error) => {
+                    log.warn(&format!("could not roll back {id}: {error}"))
+                        .await
                 }
             }
         }
@@ -252,6 +333,7 @@ impl Runner {
     async fn install(
         &self,
         job: &JobRow,
+        claim: Uuid,
         options: &JobOptions,
         log: &JobLog,
         stop: &CancellationToken,
@@ -308,8 +390,11 @@ impl Runner {
             let archive = staging.join(format!("{id}.tar.gz"));
             let source =
                 ArtifactSource::parse("artifact_url", &row.artifact_url).map_err(failed)?;
-            log.info(&format!("fetching {label} from {}", row.artifact_url))
-                .await;
+            log.info(&format!(
+                "fetching {label} from {}",
+                super::domain::redact_url(&row.artifact_url)
+            ))
+            .await;
             let (sha256, size) = self
                 .fetch_with_retries(&source, &id, &archive, options.max_retries, log, stop)
                 .await?;
@@ -357,7 +442,7 @@ impl Runner {
             tokio::fs::rename(&unpacked_dir, &dir)
                 .await
                 .map_err(|e| Stop::Failed(format!("cannot move {label} into place: {e}")))?;
-            queries::record_installed(
+            let recorded = queries::record_installed(
                 &self.pool,
                 &Installed {
                     target: &job.target_node_id,
@@ -367,9 +452,13 @@ impl Runner {
                     version: &manifest.version.to_string(),
                     job_id: job.job_id,
                 },
+                claim,
             )
             .await
             .map_err(failed)?;
+            if !recorded {
+                return Err(Stop::LostLease);
+            }
             fresh += 1;
             log.info(&format!(
                 "installed {label}: {} entries, {} bytes, in {}",
@@ -408,6 +497,12 @@ impl Runner {
                     .ok_or_else(|| Stop::Failed(format!("dependency {id} is not registered")))?;
                 let manifest = Manifest::parse(&row.manifest.0.to_string(), &row.signature)
                     .map_err(|e| Stop::Failed(format!("package {id}: SIGNATURE_FAILED: {e}")))?;
+                if manifest.artifact != *id {
+                    return Err(Stop::Failed(format!(
+                        "INTEGRITY_CHECK_FAILED: package {id}'s signed manifest is for artifact {}",
+                        manifest.artifact
+                    )));
+                }
                 marks.insert(*id, Mark::Visiting);
                 *loaded = Some((row, manifest));
             }
@@ -538,7 +633,10 @@ impl Runner {
         let mut hasher = digest::Context::new(&digest::SHA256);
         let mut size = 0u64;
         let mut stream: crate::blobs::ByteStream = match source {
-            ArtifactSource::Blob => match self.blobs.get(id.sha256()).await {
+            ArtifactSource::Blob => match tokio::select! {
+                _ = stop.cancelled() => return Err(FetchError::Stopped),
+                got = self.blobs.get(id.sha256()) => got,
+            } {
                 Ok((_, stream)) => stream,
                 Err(Error::NotFound { .. }) => {
                     return Err(FetchError::Permanent(
@@ -557,13 +655,15 @@ impl Runner {
                 )
             }
             ArtifactSource::Http(url) => {
-                let response =
-                    self.http.get(url.clone()).send().await.map_err(|e| {
-                        FetchError::Transient(format!("{url}: {}", without_url(&e)))
-                    })?;
+                let shown = super::domain::redact_url(url.as_str());
+                let response = tokio::select! {
+                    _ = stop.cancelled() => return Err(FetchError::Stopped),
+                    sent = self.http.get(url.clone()).send() => sent,
+                }
+                .map_err(|e| FetchError::Transient(format!("{shown}: {}", without_url(&e))))?;
                 let status = response.status();
                 if !status.is_success() {
-                    let message = format!("{url} answered {status}");
+                    let message = format!("{shown} answered {status}");
                     return Err(
                         if status.is_server_error()
                             || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -639,42 +739,49 @@ struct WatchContext {
     notifier: Notifier,
     shutdown: CancellationToken,
     job_id: Uuid,
-    worker_id: Uuid,
+    claim: Uuid,
     timeout: Duration,
     already_cancelled: bool,
 }
 
-/// Renews the lease, and fires `stop` (recording why) on cancellation, timeout, shutdown or a
-/// lost lease. Ends when `stop` fires.
-async fn watch(context: WatchContext, stop: CancellationToken, reason: Arc<Mutex<Option<Stop>>>) {
+/// Renews the lease until `done`, and fires `stop` (recording why, once) on cancellation,
+/// timeout, shutdown or a lost lease. Renewal goes on after `stop`, while the run cleans up and
+/// records the end, so that nobody takes the job over meanwhile.
+async fn watch(
+    context: WatchContext,
+    stop: CancellationToken,
+    done: CancellationToken,
+    reason: Arc<Mutex<Option<Stop>>>,
+) {
     let mut wakeups = context.notifier.subscribe();
     let deadline = tokio::time::Instant::now() + context.timeout;
     let cancel_payload = format!("cancel {}", context.job_id);
+    // The first tick is immediate: a cancellation sent before we subscribed is seen at once.
     let mut renew = tokio::time::interval(LEASE / 3);
-    renew.tick().await;
     let set = |why: Stop| {
         reason.lock().unwrap().get_or_insert(why);
         stop.cancel();
     };
     if context.already_cancelled {
-        return set(Stop::Cancelled);
+        set(Stop::Cancelled);
     }
     loop {
+        let stopping = stop.is_cancelled();
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = context.shutdown.cancelled() => return set(Stop::Shutdown),
-            _ = tokio::time::sleep_until(deadline) => return set(Stop::TimedOut),
+            _ = done.cancelled() => return,
+            _ = context.shutdown.cancelled(), if !stopping => set(Stop::Shutdown),
+            _ = tokio::time::sleep_until(deadline), if !stopping => set(Stop::TimedOut),
             _ = renew.tick() => {
-                match queries::renew_lease(&context.pool, context.job_id, context.worker_id, LEASE.as_secs_f64()).await {
-                    Ok(Some(true)) => return set(Stop::Cancelled),
-                    Ok(Some(false)) => {}
+                match queries::renew_lease(&context.pool, context.job_id, context.claim, LEASE.as_secs_f64()).await {
+                    Ok(Some(true)) if !stopping => set(Stop::Cancelled),
+                    Ok(Some(_)) => {}
                     Ok(None) => return set(Stop::LostLease),
                     Err(error) => tracing::warn!(%error, "cannot renew the job's lease"),
                 }
             }
-            woke = wakeups.recv_on(JOBS_CHANNEL) => match woke {
+            woke = wakeups.recv_on(JOBS_CHANNEL), if !stopping => match woke {
                 Some(Notification::Message { payload, .. }) if *payload == *cancel_payload => {
-                    return set(Stop::Cancelled);
+                    set(Stop::Cancelled);
                 }
                 // A missed notification may have been our cancellation: check now.
                 Some(Notification::Resync) => renew.reset_immediately(),

@@ -66,7 +66,7 @@ fn parse_uuid(field: &str, text: &str) -> Result<Uuid> {
 }
 
 fn tags_of(field: &str, tags: Option<prost_types::Struct>) -> Result<Value> {
-    let value = convert::struct_to_json(tags);
+    let value = crate::proto::struct_to_json(tags);
     if value.to_string().len() > 64 * 1024 {
         return Err(Error::invalid_argument(field, "larger than 64 KiB"));
     }

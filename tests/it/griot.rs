@@ -101,6 +101,12 @@ fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The manifest bound to its artifact (`artifact_sha256`), as authors sign it.
+fn for_artifact(mut manifest: Value, artifact: &[u8]) -> Value {
+    manifest["artifact_sha256"] = json!(sha256_hex(artifact));
+    manifest
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     digest::digest(&digest::SHA256, bytes)
         .as_ref()
@@ -162,6 +168,7 @@ impl Griot {
 
     /// Signs and uploads; returns the package id.
     async fn publish(&self, author: &Author, manifest: &Value, artifact: &[u8]) -> String {
+        let manifest = &for_artifact(manifest.clone(), artifact);
         let response = self
             .upload(manifest, &author.sign(manifest), artifact)
             .await
@@ -169,13 +176,20 @@ impl Griot {
         response.package.unwrap().package_id
     }
 
+    /// Signs (binding the manifest to `package_id` unless it names an artifact already) and
+    /// registers by URL.
     async fn register_url(
         &self,
+        author: &Author,
         manifest: &Value,
-        signature: &str,
         package_id: &str,
         url: &str,
     ) -> Result<pb::RegisterPackageResponse, Status> {
+        let mut manifest = manifest.clone();
+        if manifest.get("artifact_sha256").is_none() {
+            manifest["artifact_sha256"] = json!(package_id);
+        }
+        let signature = author.sign(&manifest);
         let messages = vec![header_message(pb::PackageHeader {
             manifest_json: manifest.to_string(),
             signature: signature.to_owned(),
@@ -386,7 +400,7 @@ async fn register_is_idempotent_and_packages_are_queryable() {
     let alice = Author::new(1);
     let bob = Author::new(2);
     let artifact = tarball(&[("package/index.js", b"console.log('hi')")]);
-    let manifest = alice.manifest("thermo", "1.0.0", &[]);
+    let manifest = for_artifact(alice.manifest("thermo", "1.0.0", &[]), &artifact);
     let signature = alice.sign(&manifest);
 
     let first = griot
@@ -423,21 +437,17 @@ async fn register_is_idempotent_and_packages_are_queryable() {
     assert_eq!(conflict.code(), Code::AlreadyExists);
 
     // By URL: the package id is required, the artifact not fetched yet.
-    let url_manifest = bob.manifest("barometer", "2.1.0", &[&package.package_id]);
+    let mut url_manifest = bob.manifest("barometer", "2.1.0", &[&package.package_id]);
+    url_manifest["artifact_sha256"] = json!("b".repeat(64));
     let missing_id = griot
-        .register_url(
-            &url_manifest,
-            &bob.sign(&url_manifest),
-            "",
-            "https://example.com/b.tgz",
-        )
+        .register_url(&bob, &url_manifest, "", "https://example.com/b.tgz")
         .await
         .unwrap_err();
     assert_eq!(field_of(&missing_id), "header.package_id");
     let by_url = griot
         .register_url(
+            &bob,
             &url_manifest,
-            &bob.sign(&url_manifest),
             &"b".repeat(64),
             "https://example.com/b.tgz",
         )
@@ -541,7 +551,7 @@ async fn signatures_hashes_and_manifests_are_checked_with_stable_reasons() {
     let alice = Author::new(1);
     let mallory = Author::new(9);
     let artifact = tarball(&[("a", b"a")]);
-    let manifest = alice.manifest("thermo", "1.0.0", &[]);
+    let manifest = for_artifact(alice.manifest("thermo", "1.0.0", &[]), &artifact);
     let signature = alice.sign(&manifest);
 
     // Tampered after signing.
@@ -627,6 +637,28 @@ async fn signatures_hashes_and_manifests_are_checked_with_stable_reasons() {
         .unwrap_err();
     assert_eq!(reason_of(&error), "INTEGRITY_CHECK_FAILED");
 
+    // A signed manifest registered with other bytes than it was signed for (the signature
+    // covers the artifact through artifact_sha256), uploaded or by URL.
+    let other = tarball(&[("evil", b"evil")]);
+    let error = griot
+        .upload(&manifest, &signature, &other)
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&error), "INTEGRITY_CHECK_FAILED");
+    assert_eq!(field_of(&error), "header.manifest_json.artifact_sha256");
+    let messages = vec![header_message(pb::PackageHeader {
+        manifest_json: manifest.to_string(),
+        signature: signature.clone(),
+        package_id: sha256_hex(&other),
+        artifact_url: "https://example.com/e.tgz".into(),
+    })];
+    let error = griot
+        .client()
+        .register_package(authed(tokio_stream::iter(messages), &griot.token))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&error), "INTEGRITY_CHECK_FAILED");
+
     // Neither URL nor bytes; the caller is not the admin.
     let error = griot.upload(&manifest, &signature, &[]).await.unwrap_err();
     assert_eq!(field_of(&error), "header.artifact_url");
@@ -678,7 +710,7 @@ async fn the_trust_policy_refuses_revoked_and_unlisted_authors() {
         .set_author_trust(set(&bob.did, pb::Trust::Revoked))
         .await
         .unwrap();
-    let m = bob.manifest("b", "1.1.0", &[]);
+    let m = for_artifact(bob.manifest("b", "1.1.0", &[]), &tarball(&[("b", b"c")]));
     let error = griot
         .upload(&m, &bob.sign(&m), &tarball(&[("b", b"c")]))
         .await
@@ -707,7 +739,7 @@ async fn the_trust_policy_refuses_revoked_and_unlisted_authors() {
         .await
         .unwrap();
     let carol = Author::new(3);
-    let m = carol.manifest("c", "1.0.0", &[]);
+    let m = for_artifact(carol.manifest("c", "1.0.0", &[]), &tarball(&[("c", b"c")]));
     let error = griot
         .upload(&m, &carol.sign(&m), &tarball(&[("c", b"c")]))
         .await
@@ -733,7 +765,7 @@ async fn the_trust_policy_refuses_revoked_and_unlisted_authors() {
         .set_author_trust(set(&bob.did, pb::Trust::Unspecified))
         .await
         .unwrap();
-    let m = carol.manifest("c", "1.0.0", &[]);
+    let m = for_artifact(carol.manifest("c", "1.0.0", &[]), &tarball(&[("c", b"c")]));
     griot
         .upload(&m, &carol.sign(&m), &tarball(&[("c", b"c")]))
         .await
@@ -1191,7 +1223,7 @@ async fn artifacts_come_from_urls_with_retries_and_timeouts() {
     .await;
     let m = alice.manifest("fetched", "1.0.0", &[]);
     griot
-        .register_url(&m, &alice.sign(&m), &id, &flaky.url)
+        .register_url(&alice, &m, &id, &flaky.url)
         .await
         .unwrap();
     let options = pb::InstallationOptions {
@@ -1229,7 +1261,7 @@ async fn artifacts_come_from_urls_with_retries_and_timeouts() {
     let id = sha256_hex(&bytes);
     let m = alice.manifest("gone", "1.0.0", &[]);
     griot
-        .register_url(&m, &alice.sign(&m), &id, &gone.url)
+        .register_url(&alice, &m, &id, &gone.url)
         .await
         .unwrap();
     let done = griot
@@ -1252,7 +1284,7 @@ async fn artifacts_come_from_urls_with_retries_and_timeouts() {
     let m = alice.manifest("liar", "1.0.0", &[]);
     let promised = "f".repeat(64);
     griot
-        .register_url(&m, &alice.sign(&m), &promised, &liar.url)
+        .register_url(&alice, &m, &promised, &liar.url)
         .await
         .unwrap();
     let done = griot
@@ -1277,12 +1309,7 @@ async fn artifacts_come_from_urls_with_retries_and_timeouts() {
     std::fs::write(&path, &bytes).unwrap();
     let m = alice.manifest("local", "1.0.0", &[]);
     griot
-        .register_url(
-            &m,
-            &alice.sign(&m),
-            &id,
-            &format!("file://{}", path.display()),
-        )
+        .register_url(&alice, &m, &id, &format!("file://{}", path.display()))
         .await
         .unwrap();
     let done = griot
@@ -1311,7 +1338,7 @@ async fn artifacts_come_from_urls_with_retries_and_timeouts() {
     let m = alice.manifest("stalled", "1.0.0", &[]);
     let id = "0".repeat(64);
     griot
-        .register_url(&m, &alice.sign(&m), &id, &stalled.url)
+        .register_url(&alice, &m, &id, &stalled.url)
         .await
         .unwrap();
     let options = pb::InstallationOptions {
@@ -1346,7 +1373,7 @@ async fn cancelling_stops_a_running_job_promptly_and_cleans_up() {
     let m = alice.manifest("slow", "1.0.0", &[&dependency]);
     let id = "1".repeat(64);
     griot
-        .register_url(&m, &alice.sign(&m), &id, &stalled.url)
+        .register_url(&alice, &m, &id, &stalled.url)
         .await
         .unwrap();
     let job = griot.install(&id, "node-1", Default::default()).await;
@@ -1543,7 +1570,7 @@ async fn followers_before_during_and_after_see_the_same_log_and_resume_by_seq() 
     .await;
     let m = alice.manifest("slow", "1.0.0", &[]);
     griot
-        .register_url(&m, &alice.sign(&m), &id, &slow.url)
+        .register_url(&alice, &m, &id, &slow.url)
         .await
         .unwrap();
     let options = pb::InstallationOptions {
@@ -1733,7 +1760,7 @@ async fn a_job_given_back_at_shutdown_is_resumed_by_another_replica() {
     .await;
     let m = alice.manifest("slow", "1.0.0", &[]);
     first
-        .register_url(&m, &alice.sign(&m), &id, &slow.url)
+        .register_url(&alice, &m, &id, &slow.url)
         .await
         .unwrap();
     let job = first.install(&id, "node-1", Default::default()).await;
@@ -1769,4 +1796,57 @@ async fn a_job_given_back_at_shutdown_is_resumed_by_another_replica() {
             .join("p")
             .exists()
     );
+}
+
+#[tokio::test]
+async fn jobs_onto_one_target_run_one_at_a_time() {
+    let griot = Griot::start().await;
+    let alice = Author::new(1);
+    let bytes = tarball(&[("p", &noise(5_000))]);
+    let id = sha256_hex(&bytes);
+    let slow = ArtifactServer::start(Serve {
+        body: bytes,
+        piece: 1000,
+        pause: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    griot
+        .register_url(
+            &alice,
+            &alice.manifest("slow", "1.0.0", &[]),
+            &id,
+            &slow.url,
+        )
+        .await
+        .unwrap();
+    let quick = griot
+        .publish(
+            &alice,
+            &alice.manifest("quick", "1.0.0", &[]),
+            &tarball(&[("q", b"q")]),
+        )
+        .await;
+    let first = griot.install(&id, "node-1", Default::default()).await;
+    loop {
+        if griot.get(&first.job_id).await.status == pb::InstallationStatus::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = griot.install(&quick, "node-1", Default::default()).await;
+    let elsewhere = griot.install(&quick, "node-2", Default::default()).await;
+    let (lines, second_done) = griot.follow(&second.job_id, 0).await;
+    let first_done = griot.wait(&first.job_id).await;
+    let elsewhere_done = griot.wait(&elsewhere.job_id).await;
+    assert_eq!(status(&second_done), pb::InstallationStatus::Completed);
+    assert!(!lines.is_empty());
+    let seconds = |t: &Option<prost_types::Timestamp>| {
+        let t = t.unwrap();
+        t.seconds as f64 + f64::from(t.nanos) / 1e9
+    };
+    // The second job onto node-1 started only once the first had ended...
+    assert!(seconds(&first_done.complete_time) <= seconds(&second_done.start_time));
+    // ...while a job onto another target did not wait, nor hold a worker up.
+    assert!(seconds(&elsewhere_done.complete_time) < seconds(&first_done.complete_time));
 }

@@ -233,6 +233,8 @@ fn test_config(data_dir: PathBuf) -> Config {
     config.data_dir = data_dir;
     config.admin_token = Some(generate_token("qadm_test_"));
     config.blob_url = None;
+    // Replicas of one database must share the market's master key.
+    config.market_master_key = Some(Secret::new("7".repeat(64)));
     config.metrics_listen = None;
     config.shutdown_grace_secs = 2;
     config

@@ -1,0 +1,269 @@
+//! Dataset encryption and key wrapping, with `ring`'s AES-256-GCM.
+//!
+//! A dataset is encrypted as it streams, under a fresh 256-bit key, in segments of
+//! [`SEGMENT`] plaintext bytes, each sealed on its own (ciphertext + 16-byte tag), so that neither
+//! side ever holds the whole file. Segment `i` (from 0) uses the dataset's 12-byte base nonce with
+//! its last 8 bytes XORed with `i` (big-endian), and authenticates `AAD_PREFIX || i (u64 BE) ||
+//! last (1 byte)`: segments cannot be reordered, dropped, or the file cut at a segment boundary
+//! without decryption failing. An empty file is one empty final segment.
+//!
+//! The dataset key is stored only wrapped by the server's master key: `nonce (12) || AES-256-GCM
+//! (master, nonce, aad = "quintet.market.key.v1" || dataset id, key)`.
+
+use ring::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    rand::{SecureRandom, SystemRandom},
+};
+
+use crate::error::{Error, Result};
+
+/// Plaintext bytes per sealed segment.
+pub const SEGMENT: usize = 64 * 1024;
+/// Bytes each segment grows by.
+pub const TAG: usize = 16;
+const AAD_PREFIX: &[u8] = b"quintet.market.dataset.v1";
+const KEY_AAD_PREFIX: &[u8] = b"quintet.market.key.v1";
+
+/// 32 random bytes.
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .expect("the system's random source works");
+    key
+}
+
+pub fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .expect("the system's random source works");
+    nonce
+}
+
+fn aes(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
+}
+
+fn segment_nonce(base: &[u8; NONCE_LEN], index: u64) -> Nonce {
+    let mut nonce = *base;
+    for (byte, counter) in nonce[4..].iter_mut().zip(index.to_be_bytes()) {
+        *byte ^= counter;
+    }
+    Nonce::assume_unique_for_key(nonce)
+}
+
+fn segment_aad(index: u64, last: bool) -> Vec<u8> {
+    let mut aad = AAD_PREFIX.to_vec();
+    aad.extend_from_slice(&index.to_be_bytes());
+    aad.push(u8::from(last));
+    aad
+}
+
+/// Encrypts a stream: push plaintext, take ciphertext; [`Encryptor::finish`] seals the rest.
+pub struct Encryptor {
+    key: LessSafeKey,
+    base: [u8; NONCE_LEN],
+    pending: Vec<u8>,
+    index: u64,
+}
+
+impl Encryptor {
+    pub fn new(key: &[u8; 32], base_nonce: [u8; NONCE_LEN]) -> Self {
+        Encryptor {
+            key: aes(key),
+            base: base_nonce,
+            pending: Vec::with_capacity(2 * SEGMENT),
+            index: 0,
+        }
+    }
+
+    fn seal(&mut self, mut segment: Vec<u8>, last: bool, out: &mut Vec<u8>) {
+        self.key
+            .seal_in_place_append_tag(
+                segment_nonce(&self.base, self.index),
+                Aad::from(segment_aad(self.index, last)),
+                &mut segment,
+            )
+            .expect("AES-GCM sealing of a bounded segment");
+        self.index += 1;
+        out.extend_from_slice(&segment);
+    }
+
+    /// The ciphertext of every complete segment now known not to be the last.
+    pub fn push(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(plaintext);
+        let mut out = Vec::new();
+        // A segment is sealed once more bytes follow it: only then is it known not to be last.
+        while self.pending.len() > SEGMENT {
+            let rest = self.pending.split_off(SEGMENT);
+            let segment = std::mem::replace(&mut self.pending, rest);
+            self.seal(segment, false, &mut out);
+        }
+        out
+    }
+
+    /// The last segment's ciphertext.
+    pub fn finish(mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let segment = std::mem::take(&mut self.pending);
+        self.seal(segment, true, &mut out);
+        out
+    }
+}
+
+/// Decrypts a whole ciphertext made by [`Encryptor`] (tests; buyers do the same on their side).
+pub fn decrypt(key: &[u8; 32], base_nonce: [u8; NONCE_LEN], ciphertext: &[u8]) -> Result<Vec<u8>> {
+    let key = aes(key);
+    let mut out = Vec::with_capacity(ciphertext.len());
+    let mut rest = ciphertext;
+    let mut index = 0u64;
+    loop {
+        let last = rest.len() <= SEGMENT + TAG;
+        let (segment, tail) = rest.split_at(if last { rest.len() } else { SEGMENT + TAG });
+        let mut buffer = segment.to_vec();
+        let plain = key
+            .open_in_place(
+                segment_nonce(&base_nonce, index),
+                Aad::from(segment_aad(index, last)),
+                &mut buffer,
+            )
+            .map_err(|_| Error::DataLoss(format!("segment {index} does not decrypt")))?;
+        out.extend_from_slice(plain);
+        if last {
+            return Ok(out);
+        }
+        rest = tail;
+        index += 1;
+    }
+}
+
+/// The master key that wraps dataset keys.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterKey(bytes)
+    }
+
+    /// A value that shows whether two replicas hold the same key without revealing it.
+    pub fn check_value(&self) -> Vec<u8> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        ring::hmac::sign(&key, b"quintet market master key check v1")
+            .as_ref()
+            .to_vec()
+    }
+
+    fn aad(context: &[u8]) -> Vec<u8> {
+        [KEY_AAD_PREFIX, context].concat()
+    }
+
+    /// Wraps a dataset key, bound to `context` (the dataset id).
+    pub fn wrap(&self, key: &[u8; 32], context: &[u8]) -> Vec<u8> {
+        let nonce = random_nonce();
+        let mut sealed = key.to_vec();
+        aes(&self.0)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::aad(context)),
+                &mut sealed,
+            )
+            .expect("AES-GCM sealing of 32 bytes");
+        [&nonce[..], &sealed].concat()
+    }
+
+    /// Unwraps a dataset key; DATA_LOSS if it was not wrapped by this key for this context.
+    pub fn unwrap(&self, wrapped: &[u8], context: &[u8]) -> Result<[u8; 32]> {
+        if wrapped.len() != NONCE_LEN + 32 + TAG {
+            return Err(Error::DataLoss("a wrapped key has the wrong length".into()));
+        }
+        let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
+        let mut buffer = sealed.to_vec();
+        let key = aes(&self.0)
+            .open_in_place(
+                Nonce::try_assume_unique_for_key(nonce).expect("12 bytes"),
+                Aad::from(Self::aad(context)),
+                &mut buffer,
+            )
+            .map_err(|_| {
+                Error::DataLoss("a wrapped key does not unwrap with the master key".into())
+            })?;
+        Ok(key.try_into().expect("32 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encrypt_in_pieces(key: &[u8; 32], nonce: [u8; 12], data: &[u8], piece: usize) -> Vec<u8> {
+        let mut encryptor = Encryptor::new(key, nonce);
+        let mut out = Vec::new();
+        for chunk in data.chunks(piece.max(1)) {
+            out.extend(encryptor.push(chunk));
+        }
+        out.extend(encryptor.finish());
+        out
+    }
+
+    #[test]
+    fn round_trips_at_every_segment_boundary() {
+        let key = random_key();
+        let nonce = random_nonce();
+        for len in [
+            0,
+            1,
+            SEGMENT - 1,
+            SEGMENT,
+            SEGMENT + 1,
+            3 * SEGMENT,
+            3 * SEGMENT + 7,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            for piece in [1000, SEGMENT, 100_000] {
+                let sealed = encrypt_in_pieces(&key, nonce, &data, piece);
+                let segments = len.div_ceil(SEGMENT).max(1);
+                assert_eq!(sealed.len(), len + segments * TAG, "len {len}");
+                assert_eq!(decrypt(&key, nonce, &sealed).unwrap(), data, "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_reordering_and_tampering_fail() {
+        let key = random_key();
+        let nonce = random_nonce();
+        let data = vec![5u8; 2 * SEGMENT + 10];
+        let sealed = encrypt_in_pieces(&key, nonce, &data, 4096);
+        // Cut at a segment boundary: the now-last segment was sealed as not last.
+        assert!(decrypt(&key, nonce, &sealed[..2 * (SEGMENT + TAG)]).is_err());
+        let mut swapped = sealed.clone();
+        swapped[..SEGMENT + TAG].copy_from_slice(&sealed[SEGMENT + TAG..2 * (SEGMENT + TAG)]);
+        swapped[SEGMENT + TAG..2 * (SEGMENT + TAG)].copy_from_slice(&sealed[..SEGMENT + TAG]);
+        assert!(decrypt(&key, nonce, &swapped).is_err());
+        let mut flipped = sealed.clone();
+        flipped[10] ^= 1;
+        assert!(decrypt(&key, nonce, &flipped).is_err());
+        assert!(decrypt(&random_key(), nonce, &sealed).is_err());
+    }
+
+    #[test]
+    fn wrapped_keys_unwrap_only_with_their_master_and_context() {
+        let master = MasterKey::from_bytes(random_key());
+        let key = random_key();
+        let wrapped = master.wrap(&key, b"dataset-1");
+        assert_eq!(master.unwrap(&wrapped, b"dataset-1").unwrap(), key);
+        assert!(master.unwrap(&wrapped, b"dataset-2").is_err());
+        let other = MasterKey::from_bytes(random_key());
+        assert!(other.unwrap(&wrapped, b"dataset-1").is_err());
+        assert_ne!(master.check_value(), other.check_value());
+        assert!(!format!("{master:?}").contains(&format!("{}", key[0])));
+    }
+}

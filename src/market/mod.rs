@@ -1,0 +1,91 @@
+//! `quintet.market.v1.MarketService`: a data marketplace after SourceNet (`market` schema).
+//! Users sign in with verified OpenID Connect ID tokens; sellers upload datasets that are
+//! encrypted as they stream (keys wrapped by the server's master key) and offer them as
+//! datapods that anyone can search.
+
+mod convert;
+pub mod crypto;
+mod handlers;
+pub mod infer;
+pub mod oidc;
+mod queries;
+
+use std::path::Path;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+pub use handlers::MarketService;
+
+use crate::auth::Secret;
+
+/// The name of the master key's check value in `core.server_keys`.
+const CHECK_NAME: &str = "market.master_key_check";
+
+/// Loads the master key: `configured` (64 hex digits), else `<data dir>/market-master-key`,
+/// generated on first start (mode 0600). Refuses to start if the database's data was encrypted
+/// under another key (replicas must share one).
+pub async fn load_master_key(
+    pool: &PgPool,
+    configured: Option<&Secret>,
+    data_dir: &Path,
+) -> anyhow::Result<crypto::MasterKey> {
+    let text = match configured {
+        Some(secret) => secret.expose().trim().to_owned(),
+        None => {
+            let path = data_dir.join("market-master-key");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text.trim().to_owned(),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+                    let text: String = crypto::random_key()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    std::fs::create_dir_all(data_dir)?;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    file.write_all(text.as_bytes())?;
+                    file.sync_all()?;
+                    tracing::info!(path = %path.display(), "generated the market master key");
+                    text
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| format!("cannot read {}", path.display()));
+                }
+            }
+        }
+    };
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .filter(|b: &Vec<u8>| b.len() == 32)
+        .context("the market master key must be 64 hex digits (32 bytes)")?;
+    let key = crypto::MasterKey::from_bytes(bytes.try_into().expect("32 bytes"));
+    let check = key.check_value();
+    sqlx::query(
+        "INSERT INTO core.server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(CHECK_NAME)
+    .bind(&check)
+    .execute(pool)
+    .await?;
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = $1")
+        .bind(CHECK_NAME)
+        .fetch_one(pool)
+        .await?;
+    anyhow::ensure!(
+        stored == check,
+        "the market master key differs from the one this database's datasets are encrypted with; \
+         every replica needs the same key (QUINTET_MARKET_MASTER_KEY)"
+    );
+    Ok(key)
+}
