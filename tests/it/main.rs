@@ -4,6 +4,7 @@ mod binary;
 mod foundation;
 mod griot;
 mod harness;
+mod market;
 mod registry;
 mod shared_blocks;
 mod store;
