@@ -16,8 +16,9 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use quintet::proto::quintet::admin::v1::{
-    GetServerInfoRequest, admin_service_client::AdminServiceClient,
+use quintet::proto::quintet::{
+    admin::v1::{GetServerInfoRequest, admin_service_client::AdminServiceClient},
+    market::v1::{self as market_pb, market_service_client::MarketServiceClient},
 };
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -104,6 +105,33 @@ enum BenchCommand {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Fill the market with generated published datapods, straight into the database (the
+    /// search benchmark measures reads, not how the rows arrived): `sellers` users, `datapods`
+    /// datasets and datapods with titles and descriptions from a fixed vocabulary. Then prints
+    /// EXPLAIN ANALYZE of SearchDatapods' statement.
+    SeedMarket {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 100_000)]
+        datapods: i64,
+        #[arg(long, default_value_t = 1000)]
+        sellers: i64,
+    },
+    /// Upload throughput of the market (plaintext in, encrypted and stored), next to ring's
+    /// AES-256-GCM speed on the same segment size measured in this process. Signs a bench user
+    /// in through the database.
+    MarketUpload {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Size of each upload, in MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+        /// Uploads, one after the other.
+        #[arg(long, default_value_t = 3)]
+        uploads: usize,
+    },
     /// Serve only grpc.health.v1 on a bare tonic server (no layers, no database): the
     /// framework's limit, to compare `health` runs against.
     BaselineServer {
@@ -159,6 +187,9 @@ enum Scenario {
     RegistrySearch,
     /// RegistryService/ListPackages sorted by downloads, the same page each time.
     RegistryList,
+    /// MarketService/SearchDatapods: a random word of the seeded vocabulary, a category one
+    /// time in three, the sort cycling through relevance, newest, price, rating and sales.
+    MarketSearch,
 }
 
 #[tokio::main]
@@ -166,6 +197,17 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
         BenchCommand::Run(args) => run(args).await,
+        BenchCommand::SeedMarket {
+            database_url,
+            datapods,
+            sellers,
+        } => seed_market(&database_url, datapods, sellers).await,
+        BenchCommand::MarketUpload {
+            target,
+            database_url,
+            mib,
+            uploads,
+        } => market_upload(&target, &database_url, mib, uploads).await,
         BenchCommand::GriotLogs {
             target,
             admin_token,
@@ -503,6 +545,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let list_token = list_token.clone();
         tasks.push(tokio::spawn(async move {
             let mut registry = RegistryServiceClient::new(channel.clone());
+            let mut market = MarketServiceClient::new(channel.clone());
             let mut rng = Rng(0xdead_beef ^ (i as u64 + 1));
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
@@ -535,6 +578,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         })
                         .await
                         .is_ok(),
+                    Scenario::MarketSearch => {
+                        let sorts = [
+                            market_pb::SortBy::Relevance,
+                            market_pb::SortBy::Newest,
+                            market_pb::SortBy::PriceAsc,
+                            market_pb::SortBy::Rating,
+                            market_pb::SortBy::Sales,
+                        ];
+                        market
+                            .search_datapods(market_pb::SearchDatapodsRequest {
+                                query: MARKET_WORDS[rng.below(MARKET_WORDS.len())].to_owned(),
+                                category: if rng.below(3) == 0 {
+                                    MARKET_CATEGORIES[rng.below(MARKET_CATEGORIES.len())].to_owned()
+                                } else {
+                                    String::new()
+                                },
+                                sort_by: sorts[rng.below(sorts.len())] as i32,
+                                page_size: 20,
+                                ..Default::default()
+                            })
+                            .await
+                            .is_ok()
+                    }
                     Scenario::RegistryList => registry
                         .list_packages(pb::ListPackagesRequest {
                             sort_by: pb::SortBy::Downloads as i32,
@@ -606,10 +672,256 @@ fn scenario_name(scenario: Scenario) -> &'static str {
         Scenario::RegistryGetPackage => "registry-get-package",
         Scenario::RegistrySearch => "registry-search",
         Scenario::RegistryList => "registry-list",
+        Scenario::MarketSearch => "market-search",
     }
 }
 
 const MIB: usize = 1024 * 1024;
+
+const MARKET_WORDS: &[&str] = &[
+    "weather",
+    "rainfall",
+    "temperature",
+    "stock",
+    "prices",
+    "crypto",
+    "trades",
+    "traffic",
+    "sensors",
+    "energy",
+    "solar",
+    "wind",
+    "health",
+    "hospital",
+    "census",
+    "population",
+    "retail",
+    "sales",
+    "transactions",
+    "satellite",
+    "imagery",
+    "shipping",
+    "ports",
+    "flights",
+    "airline",
+    "housing",
+    "rents",
+    "mortgage",
+    "elections",
+    "votes",
+    "sports",
+    "football",
+    "music",
+    "streaming",
+    "social",
+    "sentiment",
+    "news",
+    "climate",
+    "ocean",
+    "forest",
+];
+const MARKET_CATEGORIES: &[&str] = &[
+    "weather",
+    "finance",
+    "health",
+    "mobility",
+    "energy",
+    "society",
+    "media",
+    "environment",
+];
+
+async fn seed_market(database_url: &str, datapods: i64, sellers: i64) -> anyhow::Result<()> {
+    let pool = quintet::db::connect(database_url.parse()?, 2).await?;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO market.users (google_id, email, name, salt)
+         SELECT 'bench-' || i, 'bench-' || i || '@example.com', 'Seller ' || i,
+                md5(i::text) || md5((i + 1)::text)
+         FROM generate_series(1, $1) i ON CONFLICT DO NOTHING",
+    )
+    .bind(sellers)
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO market.datasets (id, seller_id, blob_id, storage_size, wrapped_key,
+             encryption_key_hash, encryption_iv, file_type, file_size, data_hash)
+         SELECT gen_random_uuid(), s.id, md5('b' || i || s.id) || md5('c' || i || s.id), 1016,
+                '\\x00'::bytea, md5('k' || i) || md5('l' || i), substr(md5('n' || i), 1, 24),
+                'text/csv', 1000, md5('d' || i) || md5('e' || i)
+         FROM generate_series(1, $1) i
+         JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM market.users
+               WHERE google_id LIKE 'bench-%') s ON s.n = i % $2",
+    )
+    .bind(datapods)
+    .bind(sellers)
+    .execute(&pool)
+    .await?;
+    let word =
+        |salt: &str| format!("w[1 + abs(hashtext(ds.id::text || '{salt}')) % cardinality(w)]");
+    let title = format!(
+        "initcap({}) || ' ' || {} || ' data'",
+        word("t1"),
+        word("t2")
+    );
+    let description = (1..=8)
+        .map(|k| word(&format!("d{k}")))
+        .collect::<Vec<_>>()
+        .join(" || ' ' || ");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO market.datapods (seller_id, title, description, category, price_sui,
+             walrus_blob_id, walrus_storage_size, encryption_key_hash, encryption_iv, file_type,
+             file_size, data_hash, published, purchase_count, average_rating, dataset_id, created_at)
+         SELECT ds.seller_id, {title}, {description}, c[1 + h % cardinality(c)],
+                (h % 100000)::numeric / 100, ds.blob_id, ds.storage_size, ds.encryption_key_hash,
+                ds.encryption_iv, ds.file_type, ds.file_size, ds.data_hash, h % 10 <> 0, h % 500,
+                ((h / 7) % 501)::numeric / 100, ds.id, now() - (h % 10000000) * interval '1 second'
+         FROM market.datasets ds
+         CROSS JOIN LATERAL (SELECT abs(hashtext(ds.id::text)) AS h) x
+         CROSS JOIN (SELECT $1::text[] AS w, $2::text[] AS c) v
+         WHERE NOT EXISTS (SELECT 1 FROM market.datapods p WHERE p.dataset_id = ds.id)"
+    )))
+    .bind(MARKET_WORDS)
+    .bind(MARKET_CATEGORIES)
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE market.datapods, market.users")
+        .execute(&pool)
+        .await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM market.datapods WHERE published")
+        .fetch_one(&pool)
+        .await?;
+    println!(
+        "seeded in {:.1} s: {count} published datapods",
+        started.elapsed().as_secs_f64()
+    );
+    use quintet::market::queries::{Sort, search_sql};
+    for (sort, query, category) in [
+        (Sort::Relevance, "weather", None),
+        (Sort::Newest, "weather", Some("finance")),
+        (Sort::PriceAscending, "", None),
+    ] {
+        println!("\n== EXPLAIN ANALYZE: sort {sort:?}, query {query:?}, category {category:?}");
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+            search_sql(sort)
+        )))
+        .bind(query)
+        .bind(category)
+        .bind(0i64)
+        .bind(None::<i64>)
+        .bind(0f64)
+        .bind(None::<String>)
+        .bind(None::<uuid::Uuid>)
+        .bind(21i64)
+        .fetch_all(&pool)
+        .await?;
+        for line in plan {
+            println!("{line}");
+        }
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn market_upload(
+    target: &str,
+    database_url: &str,
+    mib: usize,
+    uploads: usize,
+) -> anyhow::Result<()> {
+    use quintet::market::crypto;
+    // ring's AES-256-GCM on the market's segment size, in this process, for reference.
+    let key = crypto::random_key();
+    let sealer = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key)
+            .map_err(|_| anyhow::anyhow!("AES key"))?,
+    );
+    let mut segment = vec![7u8; crypto::SEGMENT];
+    let rounds = (mib * MIB / crypto::SEGMENT).max(1);
+    let started = Instant::now();
+    for i in 0..rounds {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&(i as u64).to_be_bytes());
+        let tag = sealer
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut segment,
+            )
+            .map_err(|_| anyhow::anyhow!("seal"))?;
+        let _ = std::hint::black_box(tag);
+    }
+    let ring_rate =
+        (rounds * crypto::SEGMENT) as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+    println!("ring AES-256-GCM, 64 KiB segments, one core: {ring_rate:.0} MiB/s");
+
+    // A bench user with a session, made in the database (sign-in needs an identity provider).
+    let pool = quintet::db::connect(database_url.parse()?, 1).await?;
+    let token = quintet::auth::generate_token("qmkt_");
+    let user: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO market.users (google_id, email, name, salt)
+         VALUES ('bench-uploader', 'bench-uploader@example.com', 'Uploader', repeat('0', 64))
+         ON CONFLICT (google_id) DO UPDATE SET updated_at = now() RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO market.sessions (token_sha256, user_id, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+    )
+    .bind(&token.digest().as_bytes()[..])
+    .bind(user)
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+
+    let channel = Channel::from_shared(target.to_owned())?
+        .initial_stream_window_size(Some(8 * MIB as u32))
+        .initial_connection_window_size(Some(16 * MIB as u32))
+        .connect()
+        .await?;
+    let mut client = MarketServiceClient::new(channel).max_encoding_message_size(4 * MIB);
+    let chunk = bytes::Bytes::from((0..MIB).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
+    for round in 0..uploads {
+        let messages = std::iter::once(market_pb::UploadDatasetRequest {
+            part: Some(market_pb::upload_dataset_request::Part::Header(
+                market_pb::DatasetHeader {
+                    file_type: "application/octet-stream".into(),
+                },
+            )),
+        })
+        .chain((0..mib).map({
+            let chunk = chunk.clone();
+            move |i| {
+                // Each upload's bytes differ, so that nothing is deduplicated.
+                let mut bytes = chunk.to_vec();
+                bytes[..8].copy_from_slice(&((round * mib + i) as u64).to_be_bytes());
+                market_pb::UploadDatasetRequest {
+                    part: Some(market_pb::upload_dataset_request::Part::Chunk(bytes.into())),
+                }
+            }
+        }));
+        let mut request = Request::new(tokio_stream::iter(messages));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.expose()).parse()?,
+        );
+        let started = Instant::now();
+        let dataset = client.upload_dataset(request).await?.into_inner().dataset;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            dataset.map(|d| d.file_size) == Some((mib * MIB) as i64),
+            "the upload stored another size"
+        );
+        println!(
+            "upload {}: {mib} MiB in {seconds:.2} s = {:.0} MiB/s ({:.0}% of ring's AES-GCM alone)",
+            round + 1,
+            mib as f64 / seconds,
+            100.0 * (mib as f64 / seconds) / ring_rate
+        );
+    }
+    Ok(())
+}
 
 fn peak_rss_mib(pid: Option<u32>) -> String {
     pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())

@@ -8,7 +8,7 @@ pub mod crypto;
 mod handlers;
 pub mod infer;
 pub mod oidc;
-mod queries;
+pub mod queries;
 
 use std::path::Path;
 

@@ -89,8 +89,8 @@ fn datapod_select(sort: &str) -> String {
     DATAPOD_SELECT.replace("{sort}", sort)
 }
 
-/// The document full-text search matches: the expression of the GIN index.
-const DOCUMENT: &str = "to_tsvector('english', d.title || ' ' || coalesce(d.description, ''))";
+/// The document full-text search matches: a stored generated column with the GIN index.
+const DOCUMENT: &str = "d.search_document";
 
 pub struct SignedIn<'a> {
     pub google_id: &'a str,
@@ -373,21 +373,17 @@ pub struct Search {
     pub min_rating: f64,
 }
 
-/// Published datapods matching `search`, in `sort` order, after `after` (key text, id).
-pub async fn search<'e>(
-    executor: impl PgExecutor<'e>,
-    search: &Search,
-    sort: Sort,
-    after: Option<(String, Uuid)>,
-    limit: i64,
-) -> Result<Vec<DatapodRow>> {
+/// The search statement for `sort`. Parameters: $1 query ('' for all), $2 category, $3 lowest
+/// price and $4 highest price in MIST, $5 lowest rating, $6 the sort key after which to start
+/// (text) and $7 the id, $8 the limit.
+pub fn search_sql(sort: Sort) -> String {
     let key = sort.key();
     let (direction, comparison) = if sort.descending() {
         ("DESC", "<")
     } else {
         ("ASC", ">")
     };
-    let sql = format!(
+    format!(
         "{select}
          WHERE d.published
            AND ($1 = '' OR {DOCUMENT} @@ plainto_tsquery('english', $1))
@@ -399,8 +395,18 @@ pub async fn search<'e>(
          ORDER BY {key} {direction}, d.id {direction} LIMIT $8",
         select = datapod_select(&key),
         ty = sort.sql_type(),
-    );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    )
+}
+
+/// Published datapods matching `search`, in `sort` order, after `after` (key text, id).
+pub async fn search<'e>(
+    executor: impl PgExecutor<'e>,
+    search: &Search,
+    sort: Sort,
+    after: Option<(String, Uuid)>,
+    limit: i64,
+) -> Result<Vec<DatapodRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(search_sql(sort)))
         .bind(&search.query)
         .bind(&search.category)
         .bind(search.min_price_mist)
