@@ -4,6 +4,7 @@
 -- * Times are TIMESTAMPTZ: replicas and clients in other time zones read the same instant.
 -- * `users.sui_address` may be NULL until the user proves an address: the seed derived it from
 --   client claims; an address is only recorded with a proof.
+-- * `users.email` is indexed but not unique (see below).
 -- * Sessions are stored as SHA-256 digests of their tokens (`sessions`).
 -- * `datasets` holds uploads before they become datapods, with the dataset key wrapped by the
 --   server's master key (`wrapped_key`); the seed had no place for the key but kept sellers'
@@ -16,7 +17,7 @@
 CREATE TABLE market.users (
     id              UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     google_id       VARCHAR(255) UNIQUE NOT NULL,
-    email           VARCHAR(255) UNIQUE NOT NULL,
+    email           VARCHAR(255) NOT NULL,
     name            VARCHAR(255),
     profile_image   VARCHAR(500),
     sui_address     VARCHAR(66) UNIQUE CHECK (sui_address ~ '^0x[0-9a-f]{64}$'),
@@ -27,7 +28,11 @@ CREATE TABLE market.users (
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
--- The seed's indexes on google_id, email and sui_address duplicate their UNIQUE constraints'.
+-- The seed's indexes on google_id and sui_address duplicate their UNIQUE constraints'. The seed's
+-- UNIQUE on email is dropped: identity is the issuer's `sub`, and an address can move between
+-- accounts (a deleted and recreated account, a changed address) while the old row still holds it,
+-- which would lock the new owner out of sign-in.
+CREATE INDEX idx_users_email ON market.users (email);
 
 CREATE TABLE market.sessions (
     token_sha256 BYTEA PRIMARY KEY CHECK (octet_length(token_sha256) = 32),

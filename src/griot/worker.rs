@@ -65,7 +65,12 @@ pub struct Runner {
 }
 
 /// Starts `count` worker loops; they end after `runner.shutdown`, once their job is handed back.
+/// First sweeps staging directories that no live run can own any more.
 pub fn spawn_workers(runner: Arc<Runner>, count: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    if count > 0 {
+        let sweeper = runner.clone();
+        tokio::spawn(async move { sweeper.sweep_staging().await });
+    }
     (0..count)
         .map(|_| {
             let runner = runner.clone();
@@ -98,6 +103,42 @@ enum FetchError {
 }
 
 impl Runner {
+    /// Removes `<nodes>/<target>/.staging/<job>` directories of jobs that are not running, left
+    /// by a run that died when the job was then finished elsewhere (another replica with its
+    /// own data directory, say). A running job's directory is its run's, or its next claim's.
+    async fn sweep_staging(&self) {
+        let Ok(mut targets) = tokio::fs::read_dir(&self.nodes_dir).await else {
+            return;
+        };
+        while let Ok(Some(target)) = targets.next_entry().await {
+            let Ok(mut jobs) = tokio::fs::read_dir(target.path().join(".staging")).await else {
+                continue;
+            };
+            while let Ok(Some(entry)) = jobs.next_entry().await {
+                let name = entry.file_name();
+                let job = name.to_str().and_then(|n| Uuid::parse_str(n).ok());
+                let running = match job {
+                    Some(job) => match queries::job(&self.pool, job).await {
+                        Ok(row) => row.is_some_and(|row| row.status == "running"),
+                        // Unsure: leave it for the next start.
+                        Err(_) => true,
+                    },
+                    None => false,
+                };
+                if !running {
+                    match tokio::fs::remove_dir_all(entry.path()).await {
+                        Ok(()) => {
+                            tracing::info!(path = %entry.path().display(), "removed a stale staging directory")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, path = %entry.path().display(), "cannot remove a stale staging directory")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     async fn work(self: Arc<Self>) {
         let mut wakeups = self.notifier.subscribe();
         loop {

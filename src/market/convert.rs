@@ -52,6 +52,17 @@ pub fn dataset(row: &DatasetRow) -> pb::Dataset {
     }
 }
 
+/// A datapod for listings: without its dataset's schema and sample, which GetDatapod returns
+/// (they may be up to tens of KiB each; a page of them would be megabytes).
+pub fn datapod_summary(row: DatapodRow) -> pb::Datapod {
+    let mut datapod = datapod(row);
+    if let Some(dataset) = &mut datapod.dataset {
+        dataset.schema = None;
+        dataset.sample_data = None;
+    }
+    datapod
+}
+
 pub fn datapod(row: DatapodRow) -> pb::Datapod {
     pb::Datapod {
         id: row.id.to_string(),

@@ -93,13 +93,16 @@ impl Encryptor {
     /// The ciphertext of every complete segment now known not to be the last.
     pub fn push(&mut self, plaintext: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(plaintext);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.pending.len() + self.pending.len() / SEGMENT * TAG);
         // A segment is sealed once more bytes follow it: only then is it known not to be last.
-        while self.pending.len() > SEGMENT {
-            let rest = self.pending.split_off(SEGMENT);
-            let segment = std::mem::replace(&mut self.pending, rest);
+        let mut start = 0;
+        while self.pending.len() - start > SEGMENT {
+            let segment = self.pending[start..start + SEGMENT].to_vec();
             self.seal(segment, false, &mut out);
+            start += SEGMENT;
         }
+        // One move of the tail (under a segment), however large the chunk was.
+        self.pending.drain(..start);
         out
     }
 

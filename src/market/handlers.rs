@@ -30,6 +30,8 @@ use crate::{
 
 /// How long a session lasts.
 const SESSION_DAYS: i64 = 30;
+/// Days an uploaded dataset may wait to become a datapod before it is deleted.
+pub const UNUSED_DATASET_DAYS: i32 = 7;
 /// Highest price, in MIST (10^9 SUI), within the seed's DECIMAL(20, 9).
 const MAX_PRICE_MIST: i64 = 1_000_000_000_000_000_000;
 
@@ -103,16 +105,17 @@ impl MarketService {
             .ok_or_else(|| Error::Unauthenticated("the session is unknown or expired".to_owned()))
     }
 
-    /// The datapod, if `caller` sells it: NOT_FOUND if it does not exist, PERMISSION_DENIED if
-    /// someone else sells it.
+    /// The datapod, if `caller` sells it: NOT_FOUND if it does not exist or is someone else's
+    /// unpublished one (which exists only for its seller), PERMISSION_DENIED if someone else
+    /// sells it.
     async fn own_datapod(&self, caller: &UserRow, field: &str, id: &str) -> Result<Uuid> {
         let id = parse_id(field, id)?;
         match queries::datapod_seller(&self.pool, id).await? {
-            None => Err(Error::not_found("datapod", id.to_string())),
-            Some(seller) if seller != caller.id => Err(Error::PermissionDenied(
+            Some((seller, _)) if seller == caller.id => Ok(id),
+            Some((_, true)) => Err(Error::PermissionDenied(
                 "only the datapod's seller may change it".to_owned(),
             )),
-            Some(_) => Ok(id),
+            Some((_, false)) | None => Err(Error::not_found("datapod", id.to_string())),
         }
     }
 
@@ -433,8 +436,11 @@ impl market_service_server::MarketService for MarketService {
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let blob = queries::delete_datapod(&mut tx, id).await?;
         tx.commit().await.map_err(Error::from)?;
-        if let Some(sha256) = blob.as_deref().and_then(Sha256::from_hex) {
-            self.release_blob(&sha256).await?;
+        // The datapod is gone; bytes that cannot be removed now are collected later.
+        if let Some(sha256) = blob.as_deref().and_then(Sha256::from_hex)
+            && let Err(error) = self.release_blob(&sha256).await
+        {
+            tracing::warn!(%error, "cannot remove a deleted dataset's bytes yet");
         }
         Ok(Response::new(pb::DeleteDatapodResponse {}))
     }
@@ -447,11 +453,13 @@ impl market_service_server::MarketService for MarketService {
         let row = queries::datapod(&self.pool, id)
             .await?
             .ok_or_else(|| Error::not_found("datapod", id.to_string()))?;
-        // Unpublished datapods exist only for their seller.
+        // Unpublished datapods exist only for their seller; a missing or dead session is just
+        // not the seller (answering otherwise would tell that the datapod exists).
         if !row.published {
-            let visible = match crate::auth::bearer_token(&request)? {
-                Some(_) => self.caller(&request).await?.id == row.seller_id,
-                None => false,
+            let visible = match self.caller(&request).await {
+                Ok(caller) => caller.id == row.seller_id,
+                Err(Error::Unauthenticated(_)) => false,
+                Err(other) => return Err(other.into()),
             };
             if !visible {
                 return Err(Error::not_found("datapod", id.to_string()).into());
@@ -512,7 +520,7 @@ impl market_service_server::MarketService for MarketService {
             datapods: rows
                 .into_iter()
                 .take(size as usize)
-                .map(convert::datapod)
+                .map(convert::datapod_summary)
                 .collect(),
             next_page_token,
         }))
@@ -533,7 +541,7 @@ impl market_service_server::MarketService for MarketService {
             datapods: rows
                 .into_iter()
                 .take(size as usize)
-                .map(convert::datapod)
+                .map(convert::datapod_summary)
                 .collect(),
             next_page_token,
         }))
@@ -563,14 +571,26 @@ impl MarketService {
         Ok(unused)
     }
 
-    /// Removes blobs no dataset points at, older than `grace` (uploads cut off after their bytes
-    /// were stored), and expired sessions.
+    /// Removes expired sessions, datasets that never became a datapod within
+    /// [`UNUSED_DATASET_DAYS`], and blobs no dataset points at that are older than `grace`
+    /// (uploads cut off after their bytes were stored).
     pub async fn collect_garbage(&self, grace: std::time::Duration) -> Result<usize> {
         let cutoff = std::time::SystemTime::now() - grace;
         let mut removed = queries::delete_expired_sessions(&self.pool).await? as usize;
+        removed += queries::expire_unused_datasets(&self.pool, UNUSED_DATASET_DAYS)
+            .await?
+            .len();
         for (sha256, written) in self.blobs.list().await? {
-            if written < cutoff && self.release_blob(&sha256).await? {
-                removed += 1;
+            if written >= cutoff {
+                continue;
+            }
+            match self.release_blob(&sha256).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                // One blob that cannot go now must not stop the others.
+                Err(error) => {
+                    tracing::warn!(%error, blob = %sha256, "cannot collect a dataset blob")
+                }
             }
         }
         Ok(removed)

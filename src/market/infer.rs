@@ -11,6 +11,15 @@ const HEAD: usize = 1024 * 1024;
 const TYPED_ROWS: usize = 1000;
 /// Rows kept as the sample.
 const SAMPLE_ROWS: usize = 10;
+/// Most columns described (wider files keep the first ones).
+const MAX_COLUMNS: usize = 256;
+/// Largest sample kept, as JSON text: it travels with every GetDatapod.
+const MAX_SAMPLE_BYTES: usize = 64 * 1024;
+/// Deepest nesting kept in a sample value (deeper parts become their JSON text): clients'
+/// protobuf decoders stop at 100 levels, and every JSON level is two protobuf ones.
+const MAX_DEPTH: usize = 8;
+/// Longest string kept in a sample or a column name, in characters.
+const MAX_STRING: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -59,7 +68,8 @@ impl Inference {
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
-        if self.format == Format::Other {
+        // An empty slice is csv-core's end of input: it would end a record mid-way.
+        if self.format == Format::Other || chunk.is_empty() {
             return;
         }
         let room = HEAD - self.head.len();
@@ -133,13 +143,19 @@ impl Inference {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .from_reader(self.complete_head());
-        let names: Vec<String> = reader.headers().ok()?.iter().map(str::to_owned).collect();
+        let names: Vec<String> = reader
+            .headers()
+            .ok()?
+            .iter()
+            .take(MAX_COLUMNS)
+            .map(clean_string)
+            .collect();
         let mut types: Vec<Option<&'static str>> = vec![None; names.len()];
         let mut sample = Vec::new();
         for record in reader.records().take(TYPED_ROWS) {
             let record = record.ok()?;
             let mut row = Map::new();
-            for (i, field) in record.iter().enumerate() {
+            for (i, field) in record.iter().enumerate().take(MAX_COLUMNS) {
                 let value = csv_value(field);
                 if let Some(slot) = types.get_mut(i) {
                     *slot = merge(*slot, type_of(&value), "string");
@@ -163,7 +179,7 @@ impl Inference {
             .collect();
         Some((
             json!({"format": "csv", "columns": columns, "row_count": rows}),
-            Value::Array(sample),
+            bounded_sample(sample),
         ))
     }
 
@@ -179,9 +195,11 @@ impl Inference {
             let value: Value = serde_json::from_str(line).ok()?;
             if let Value::Object(object) = &value {
                 for (key, field) in object {
+                    let full = columns.len() >= MAX_COLUMNS;
                     match columns.iter_mut().find(|(name, _)| name == key) {
                         Some((_, kind)) => *kind = merge(*kind, type_of(field), "mixed"),
-                        None => columns.push((key.clone(), Some(type_of(field)))),
+                        None if !full => columns.push((key.clone(), Some(type_of(field)))),
+                        None => {}
                     }
                 }
             }
@@ -191,13 +209,59 @@ impl Inference {
         }
         let columns: Vec<Value> = columns
             .into_iter()
-            .map(|(name, kind)| json!({"name": name, "type": kind.unwrap_or("null")}))
+            .map(
+                |(name, kind)| json!({"name": clean_string(&name), "type": kind.unwrap_or("null")}),
+            )
             .collect();
         Some((
             json!({"format": "jsonl", "columns": columns, "row_count": rows}),
-            Value::Array(sample),
+            bounded_sample(sample),
         ))
     }
+}
+
+/// Text as stored: no NUL (PostgreSQL's JSONB refuses it), at most [`MAX_STRING`] characters.
+fn clean_string(text: &str) -> String {
+    text.chars()
+        .take(MAX_STRING)
+        .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// A sample value made safe to store and send: strings cleaned, nesting cut at [`MAX_DEPTH`]
+/// (deeper parts kept as their JSON text).
+fn bounded(value: Value, depth: usize) -> Value {
+    match value {
+        Value::String(text) => Value::String(clean_string(&text)),
+        Value::Array(_) | Value::Object(_) if depth >= MAX_DEPTH => {
+            Value::String(clean_string(&value.to_string()))
+        }
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| bounded(v, depth + 1)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .take(MAX_COLUMNS)
+                .map(|(k, v)| (clean_string(&k), bounded(v, depth + 1)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The sample rows that fit in [`MAX_SAMPLE_BYTES`], each bounded.
+fn bounded_sample(rows: Vec<Value>) -> Value {
+    let mut kept = Vec::new();
+    let mut size = 2;
+    for row in rows {
+        let row = bounded(row, 1);
+        size += row.to_string().len() + 1;
+        if size > MAX_SAMPLE_BYTES {
+            break;
+        }
+        kept.push(row);
+    }
+    Value::Array(kept)
 }
 
 /// A CSV field as the JSON value it most plausibly is.
@@ -300,6 +364,51 @@ mod tests {
             json!([{"name":"a","type":"number"},{"name":"b","type":"mixed"},{"name":"c","type":"null"}])
         );
         assert_eq!(sample.unwrap().as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn samples_are_bounded_and_storable() {
+        let deep = format!("{}1{}", "[".repeat(50), "]".repeat(50));
+        let wide: String = (0..1000)
+            .map(|i| format!("\"k{i}\":\"{}\"", "v".repeat(100)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data = format!("{deep}\n{{{wide}}}\n{{\"nul\":\"a\\u0000b\"}}\n");
+        let (schema, sample) = infer(Format::JsonLines, data.as_bytes(), 4096);
+        assert_eq!(
+            schema.unwrap()["columns"].as_array().unwrap().len(),
+            MAX_COLUMNS
+        );
+        let sample = sample.unwrap();
+        assert!(sample.to_string().len() <= MAX_SAMPLE_BYTES);
+        fn depth(v: &Value) -> usize {
+            match v {
+                Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        assert!(depth(&sample) <= MAX_DEPTH + 1);
+        assert!(!sample.to_string().contains("\\u0000"));
+        // A CSV header with a NUL and more columns than kept.
+        let header: Vec<String> = (0..300).map(|i| format!("c{i}\0")).collect();
+        let (schema, _) = infer(
+            Format::Csv,
+            format!("{}\n", header.join(",")).as_bytes(),
+            100,
+        );
+        let columns = schema.unwrap()["columns"].as_array().unwrap().clone();
+        assert_eq!(columns.len(), MAX_COLUMNS);
+        assert!(!columns[0]["name"].as_str().unwrap().contains('\0'));
+    }
+
+    #[test]
+    fn empty_chunks_do_not_split_records() {
+        let mut inference = Inference::new(Format::Csv);
+        for chunk in [&b"a,b\n1,"[..], b"", b"2\n3,4\n"] {
+            inference.push(chunk);
+        }
+        assert_eq!(inference.finish().0.unwrap()["row_count"], 2);
     }
 
     #[test]

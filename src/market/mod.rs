@@ -43,16 +43,37 @@ pub async fn load_master_key(
                         .map(|b| format!("{b:02x}"))
                         .collect();
                     std::fs::create_dir_all(data_dir)?;
+                    // Written whole under a temporary name, then linked into place: a crash
+                    // leaves no half-written key, and of two processes starting at once the
+                    // first key wins.
+                    let temporary = path.with_extension(format!("tmp.{}", std::process::id()));
                     let mut file = std::fs::OpenOptions::new()
                         .write(true)
-                        .create_new(true)
+                        .create(true)
+                        .truncate(true)
                         .mode(0o600)
-                        .open(&path)
-                        .with_context(|| format!("cannot create {}", path.display()))?;
+                        .open(&temporary)
+                        .with_context(|| format!("cannot create {}", temporary.display()))?;
                     file.write_all(text.as_bytes())?;
                     file.sync_all()?;
-                    tracing::info!(path = %path.display(), "generated the market master key");
-                    text
+                    let linked = std::fs::hard_link(&temporary, &path);
+                    let _ = std::fs::remove_file(&temporary);
+                    match linked {
+                        Ok(()) => {
+                            tracing::info!(path = %path.display(), "generated the market master key");
+                            text
+                        }
+                        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                            std::fs::read_to_string(&path)
+                                .with_context(|| format!("cannot read {}", path.display()))?
+                                .trim()
+                                .to_owned()
+                        }
+                        Err(error) => {
+                            return Err(error)
+                                .with_context(|| format!("cannot create {}", path.display()));
+                        }
+                    }
                 }
                 Err(error) => {
                     return Err(error).with_context(|| format!("cannot read {}", path.display()));

@@ -52,6 +52,8 @@ struct RsaKey {
 struct KeyCache {
     keys: HashMap<String, RsaKey>,
     fetched_at: Option<Instant>,
+    /// The last fetch, successful or not: fetches are spaced out either way.
+    attempted_at: Option<Instant>,
     max_age: Duration,
 }
 
@@ -244,22 +246,25 @@ impl OidcVerifier {
                 };
             }
         }
-        self.refresh().await?;
+        // A failed refresh keeps the keys we had: an issuer's outage must not end sign-in for
+        // tokens signed with keys we already know.
+        let refreshed = self.refresh().await;
         match verify(&*self.cache.read().await) {
             Some(true) => Ok(()),
             Some(false) => Err(refused("bad signature")),
-            None => Err(refused(&format!("unknown key id {kid:?}"))),
+            None => refreshed.and(Err(refused(&format!("unknown key id {kid:?}")))),
         }
     }
 
     /// Fetches the key set, unless another caller just did.
     async fn refresh(&self) -> Result<()> {
         let _one = self.fetching.lock().await;
-        if let Some(at) = self.cache.read().await.fetched_at
+        if let Some(at) = self.cache.read().await.attempted_at
             && at.elapsed() < MIN_REFETCH_INTERVAL
         {
             return Ok(());
         }
+        self.cache.write().await.attempted_at = Some(Instant::now());
         let unavailable = |why: String| {
             tracing::warn!(url = %self.config.jwks_url, %why, "cannot fetch the OIDC keys");
             Error::Unavailable("cannot fetch the identity provider's keys; try again".to_owned())
@@ -305,6 +310,7 @@ impl OidcVerifier {
         *self.cache.write().await = KeyCache {
             keys,
             fetched_at: Some(Instant::now()),
+            attempted_at: Some(Instant::now()),
             max_age,
         };
         Ok(())

@@ -168,6 +168,23 @@ pub async fn delete_session<'e>(executor: impl PgExecutor<'e>, digest: &TokenDig
     Ok(())
 }
 
+/// Deletes datasets uploaded more than `days` ago that never became a datapod; returns their
+/// blobs.
+pub async fn expire_unused_datasets<'e>(
+    executor: impl PgExecutor<'e>,
+    days: i32,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "DELETE FROM market.datasets d
+         WHERE d.created_at < now() - make_interval(days => $1)
+           AND NOT EXISTS (SELECT 1 FROM market.datapods p WHERE p.dataset_id = d.id)
+         RETURNING d.blob_id",
+    )
+    .bind(days)
+    .fetch_all(executor)
+    .await?)
+}
+
 /// Removes expired sessions (hourly).
 pub async fn delete_expired_sessions<'e>(executor: impl PgExecutor<'e>) -> Result<u64> {
     Ok(
@@ -237,7 +254,7 @@ pub async fn insert_datapod<'e>(
         "INSERT INTO market.datapods (seller_id, title, description, category, price_sui,
              walrus_blob_id, walrus_storage_size, encryption_key_hash, encryption_iv, file_type,
              file_size, data_hash, schema, sample_data, dataset_id)
-         SELECT $1, $2, $3, $4, $5::numeric / 1000000000, blob_id, storage_size,
+         SELECT $1, $2, $3, $4, $5::numeric * 0.000000001, blob_id, storage_size,
              encryption_key_hash, encryption_iv, file_type, file_size, data_hash, schema,
              sample_data, id
          FROM market.datasets WHERE id = $6 AND seller_id = $1
@@ -263,10 +280,13 @@ pub async fn datapod<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Opti
     .await?)
 }
 
-/// The seller of a datapod, if it exists.
-pub async fn datapod_seller<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Uuid>> {
+/// The seller of a datapod and whether it is published, if it exists.
+pub async fn datapod_seller<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<(Uuid, bool)>> {
     Ok(
-        sqlx::query_scalar("SELECT seller_id FROM market.datapods WHERE id = $1")
+        sqlx::query_as("SELECT seller_id, published FROM market.datapods WHERE id = $1")
             .bind(id)
             .fetch_optional(executor)
             .await?,
@@ -291,7 +311,7 @@ pub async fn update_datapod<'e>(
              title = coalesce($2, title),
              description = CASE WHEN $3::boolean THEN $4 ELSE description END,
              category = CASE WHEN $5::boolean THEN $6 ELSE category END,
-             price_sui = coalesce($7::numeric / 1000000000, price_sui),
+             price_sui = coalesce($7::numeric * 0.000000001, price_sui),
              published = coalesce($8, published),
              updated_at = now()
          WHERE id = $1",
@@ -388,8 +408,8 @@ pub fn search_sql(sort: Sort) -> String {
          WHERE d.published
            AND ($1 = '' OR {DOCUMENT} @@ plainto_tsquery('english', $1))
            AND ($2::text IS NULL OR d.category = $2)
-           AND d.price_sui >= $3::numeric / 1000000000
-           AND ($4::bigint IS NULL OR d.price_sui <= $4::numeric / 1000000000)
+           AND d.price_sui >= $3::numeric * 0.000000001
+           AND ($4::bigint IS NULL OR d.price_sui <= $4::numeric * 0.000000001)
            AND d.average_rating >= $5
            AND ($6::text IS NULL OR ({key}, d.id) {comparison} ($6::{ty}, $7))
          ORDER BY {key} {direction}, d.id {direction} LIMIT $8",

@@ -1850,3 +1850,23 @@ async fn jobs_onto_one_target_run_one_at_a_time() {
     // ...while a job onto another target did not wait, nor hold a worker up.
     assert!(seconds(&elsewhere_done.complete_time) < seconds(&first_done.complete_time));
 }
+
+#[tokio::test]
+async fn staging_left_by_a_dead_run_is_swept_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let stale = data
+        .path()
+        .join("nodes/node-1/.staging")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(stale.join("pkg")).unwrap();
+    std::fs::write(stale.join("pkg/half-written"), b"x").unwrap();
+    let dir = data.path().to_owned();
+    let _griot = Griot::start_with(move |c| c.data_dir = dir).await;
+    for _ in 0..100 {
+        if !stale.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} is still there", stale.display());
+}

@@ -297,6 +297,14 @@ async fn sign_in_creates_the_user_once_and_sessions_work_until_sign_out() {
     .await
     .unwrap();
     assert_eq!(stored, 0);
+    // An address that moved to another account (a recreated one, say) does not lock it out.
+    let mut moved = claims("g-1-recreated", "Ada");
+    moved["email"] = json!("g-1@example.com");
+    let recreated = market
+        .sign_in_with(id_token(&market.key, "k1", "RS256", &moved))
+        .await
+        .unwrap();
+    assert!(recreated.created);
     for token in ["", "garbage", "qmkt_nope"] {
         let error = client
             .get_current_user(authed(pb::GetCurrentUserRequest {}, token))
@@ -636,13 +644,14 @@ async fn only_sellers_change_their_datapods_and_unpublished_ones_are_private() {
             session,
         )
     };
+    // Someone else's unpublished datapod does not exist for them, even to change.
     assert_eq!(
         client
             .update_datapod(update(&other, &["title"]))
             .await
             .unwrap_err()
             .code(),
-        Code::PermissionDenied
+        Code::NotFound
     );
     let publish = |session: &str| {
         authed(
@@ -658,7 +667,7 @@ async fn only_sellers_change_their_datapods_and_unpublished_ones_are_private() {
             .await
             .unwrap_err()
             .code(),
-        Code::PermissionDenied
+        Code::NotFound
     );
     let delete = |session: &str| {
         authed(
@@ -674,7 +683,16 @@ async fn only_sellers_change_their_datapods_and_unpublished_ones_are_private() {
             .await
             .unwrap_err()
             .code(),
-        Code::PermissionDenied
+        Code::NotFound
+    );
+    // A dead session is no one: still NOT_FOUND, not UNAUTHENTICATED.
+    assert_eq!(
+        client
+            .get_datapod(get(Some("qmkt_dead")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
     );
 
     // The seller updates by mask: unnamed fields stay.
@@ -700,6 +718,47 @@ async fn only_sellers_change_their_datapods_and_unpublished_ones_are_private() {
     }
 
     client.publish_datapod(publish(&seller)).await.unwrap();
+    // Published, it is visible, and others are told they may not change it.
+    for code in [
+        client
+            .update_datapod(update(&other, &["title"]))
+            .await
+            .unwrap_err()
+            .code(),
+        client
+            .delete_datapod(delete(&other))
+            .await
+            .unwrap_err()
+            .code(),
+        client
+            .publish_datapod(publish(&other))
+            .await
+            .unwrap_err()
+            .code(),
+    ] {
+        assert_eq!(code, Code::PermissionDenied);
+    }
+    // Prices are exact to the MIST, up to the largest accepted.
+    for price in [123_456_789_012_345_678i64, 1_000_000_000_000_000_000, 1] {
+        let exact = client
+            .update_datapod(authed(
+                pb::UpdateDatapodRequest {
+                    id: datapod.id.clone(),
+                    price_mist: price,
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["price_mist".into()],
+                    }),
+                    ..Default::default()
+                },
+                &seller,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .datapod
+            .unwrap();
+        assert_eq!(exact.price_mist, price);
+    }
     let public = client
         .get_datapod(get(None))
         .await
