@@ -16,6 +16,7 @@ use super::{
     infer::{self, Inference},
     oidc::OidcVerifier,
     queries::{self, DatapodChanges, DatasetRow, NewDatapod, Search, SignedIn, Sort, UserRow},
+    sui,
 };
 use crate::{
     auth::{generate_token, require_bearer_token},
@@ -235,6 +236,41 @@ impl market_service_server::MarketService for MarketService {
         let token = require_bearer_token(&request)?;
         queries::delete_session(&self.pool, &token.digest()).await?;
         Ok(Response::new(pb::SignOutResponse {}))
+    }
+
+    async fn get_sui_address_challenge(
+        &self,
+        request: Request<pb::GetSuiAddressChallengeRequest>,
+    ) -> std::result::Result<Response<pb::GetSuiAddressChallengeResponse>, Status> {
+        let user = self.caller(&request).await?;
+        Ok(Response::new(pb::GetSuiAddressChallengeResponse {
+            message: sui::proof_message(user.id),
+        }))
+    }
+
+    async fn prove_sui_address(
+        &self,
+        request: Request<pb::ProveSuiAddressRequest>,
+    ) -> std::result::Result<Response<pb::ProveSuiAddressResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let address = sui::verify_personal_message(
+            "signature",
+            &request.get_ref().signature,
+            sui::proof_message(user.id).as_bytes(),
+        )?;
+        queries::set_sui_address(&self.pool, user.id, &address)
+            .await
+            .map_err(|error| match error {
+                Error::AlreadyExists { .. } => {
+                    Error::already_exists("sui address", address.clone())
+                }
+                other => other,
+            })?;
+        Ok(Response::new(pb::ProveSuiAddressResponse {
+            user: Some(convert::current_user(
+                queries::user(&self.pool, user.id).await?,
+            )),
+        }))
     }
 
     async fn upload_dataset(

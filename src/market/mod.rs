@@ -9,6 +9,7 @@ mod handlers;
 pub mod infer;
 pub mod oidc;
 pub mod queries;
+pub mod sui;
 
 use std::path::Path;
 

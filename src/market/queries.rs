@@ -129,6 +129,20 @@ pub async fn user<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<UserRow
     .await?)
 }
 
+/// Records a user's proven Sui address (ALREADY_EXISTS if another user proved it).
+pub async fn set_sui_address<'e>(
+    executor: impl PgExecutor<'e>,
+    user_id: Uuid,
+    address: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE market.users SET sui_address = $2, updated_at = now() WHERE id = $1")
+        .bind(user_id)
+        .bind(address)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 pub async fn create_session<'e>(
     executor: impl PgExecutor<'e>,
     digest: &TokenDigest,

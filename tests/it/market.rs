@@ -1058,3 +1058,70 @@ async fn search_finds_published_datapods_by_words_filters_and_sorts_in_pages() {
     .unwrap_err();
     assert_eq!(forged.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_sui_address_is_recorded_only_with_a_signature_by_its_key() {
+    use quintet::market::sui;
+    let market = Market::start().await;
+    let ada = market.user("ada").await;
+    let bob = market.user("bob").await;
+    let mut client = market.client();
+    let challenge = |session: &str| {
+        let mut client = market.client();
+        let session = session.to_owned();
+        async move {
+            client
+                .get_sui_address_challenge(authed(pb::GetSuiAddressChallengeRequest {}, &session))
+                .await
+                .unwrap()
+                .into_inner()
+                .message
+        }
+    };
+    let wallet = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[42; 32]).unwrap();
+    let ada_challenge = challenge(&ada).await;
+    let signature = sui::sign_personal_message(&wallet, ada_challenge.as_bytes());
+    let proven = client
+        .prove_sui_address(authed(
+            pb::ProveSuiAddressRequest {
+                signature: signature.clone(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&wallet)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    assert_eq!(proven.sui_address, sui::ed25519_address(&public));
+
+    // Ada's proof does not work for Bob (the challenge names the user), nor does a signature of
+    // Bob's challenge for an address Ada holds.
+    let error = client
+        .prove_sui_address(authed(pb::ProveSuiAddressRequest { signature }, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&error), "signature");
+    let bob_challenge = challenge(&bob).await;
+    let error = client
+        .prove_sui_address(authed(
+            pb::ProveSuiAddressRequest {
+                signature: sui::sign_personal_message(&wallet, bob_challenge.as_bytes()),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::AlreadyExists);
+    let error = client
+        .prove_sui_address(pb::ProveSuiAddressRequest {
+            signature: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated);
+}
