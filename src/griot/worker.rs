@@ -93,6 +93,9 @@ enum Stop {
     Shutdown,
     /// Another worker holds the job now (this one stalled past its lease).
     LostLease,
+    /// Something outside the job failed (the database, while taking the target's lock): the
+    /// job goes back to the queue for another attempt.
+    Interrupted(String),
 }
 
 /// A fetch failure: transient ones (network) are retried.
@@ -209,7 +212,10 @@ impl Runner {
                 "gave up after {MAX_ATTEMPTS} attempts: the workers running it kept stopping"
             ))),
             Ok(_) => self.install(&job, claim, &options, &log, &stop).await,
-            Err(_) => Err(Stop::Cancelled),
+            Err(_) if stop.is_cancelled() => Err(Stop::Cancelled),
+            Err(error) => Err(Stop::Interrupted(format!(
+                "cannot take the target's lock ({error}); the job goes back to the queue"
+            ))),
         };
         stop.cancel();
         let stop_reason = reason.lock().unwrap().take();
@@ -228,6 +234,11 @@ impl Runner {
                 // What is installed stays: the next worker skips it.
                 log.info("this server is shutting down; the job goes back to the queue")
                     .await;
+                release = true;
+                None
+            }
+            Err(Stop::Interrupted(message)) => {
+                log.warn(&message).await;
                 release = true;
                 None
             }
