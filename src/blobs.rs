@@ -96,6 +96,20 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// Serialises, for the rest of `tx`, everything that records a reference to `sha256`'s bytes in
+/// `scope` (e.g. `registry.tarball`) with everything that checks for references and removes
+/// them: bytes are content-addressed and shared, so a collector that found none must not delete
+/// bytes a concurrent writer is about to point at. Every service's writers and collectors of
+/// one scope take this lock.
+pub async fn lock(tx: &mut sqlx::PgConnection, scope: &str, sha256: &Sha256) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '.' || $2, 0))")
+        .bind(scope)
+        .bind(sha256.to_hex())
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// A stream of blob bytes; an error item ends it.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
@@ -447,6 +461,25 @@ impl BlobStore {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    /// Takes `sha256`'s lock in `scope` (see [`lock`]) and checks the bytes are still stored,
+    /// before `tx` records a reference to them: ABORTED if a collector removed them meanwhile
+    /// (the client sends them again).
+    pub async fn hold(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        scope: &str,
+        sha256: &Sha256,
+    ) -> Result<()> {
+        lock(tx, scope, sha256).await?;
+        if self.exists(sha256).await? {
+            Ok(())
+        } else {
+            Err(Error::Aborted(
+                "the uploaded bytes were removed concurrently; send them again".to_owned(),
+            ))
         }
     }
 

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     auth::AdminAuth,
-    blobs::{BlobStore, upload_chunks},
+    blobs::{self, BlobStore, upload_chunks},
     error::{Error, Result},
     notify::{self, Notifier},
     page_token::{PageTokens, page_size},
@@ -39,6 +39,9 @@ pub struct GriotService {
     pub shutdown: CancellationToken,
     pub max_artifact_bytes: u64,
 }
+
+/// The [`blobs::lock`] scope of held artifacts: registrations and artifact collection.
+const ARTIFACT_LOCKS: &str = "griot.artifact";
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
 
@@ -183,13 +186,9 @@ impl griot_service_server::GriotService for GriotService {
         let signature = encode_signature(&manifest.signature);
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         if size.is_some() {
-            queries::lock_artifact(&mut tx, &id).await?;
-            if !self.blobs.exists(id.sha256()).await? {
-                return Err(Error::Aborted(
-                    "the artifact was removed concurrently; register again".to_owned(),
-                )
-                .into());
-            }
+            self.blobs
+                .hold(&mut tx, ARTIFACT_LOCKS, id.sha256())
+                .await?;
         }
         let inserted = queries::insert_package(
             &mut tx,
@@ -575,7 +574,7 @@ impl GriotService {
             }
             let id = PackageId::from_sha256(sha256);
             let mut tx = self.pool.begin().await?;
-            queries::lock_artifact(&mut tx, &id).await?;
+            blobs::lock(&mut tx, ARTIFACT_LOCKS, id.sha256()).await?;
             if !queries::artifact_in_use(&mut *tx, &id).await? {
                 self.blobs.delete(id.sha256()).await?;
                 removed += 1;

@@ -84,15 +84,6 @@ pub struct NodePackageRow {
     pub installed_at: OffsetDateTime,
 }
 
-/// Serialises, per artifact, recording a package that points at held bytes with deleting them.
-pub async fn lock_artifact(tx: &mut PgConnection, id: &PackageId) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('griot.artifact.' || $1, 0))")
-        .bind(id.to_string())
-        .execute(tx)
-        .await?;
-    Ok(())
-}
-
 pub struct NewPackage<'a> {
     pub id: &'a PackageId,
     pub manifest: &'a Value,

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     auth::{generate_token, require_bearer_token},
-    blobs::{BlobStore, Sha256, upload_chunks},
+    blobs::{self, BlobStore, Sha256, upload_chunks},
     error::{Error, Result},
     page_token::{PageTokens, page_size},
     proto::{
@@ -29,6 +29,8 @@ use crate::{
     },
 };
 
+/// The [`blobs::lock`] scope of dataset bytes: uploads and their collection.
+const DATASET_LOCKS: &str = "market.blob";
 /// How long a session lasts.
 const SESSION_DAYS: i64 = 30;
 /// Days an uploaded dataset may wait to become a datapod before it is deleted.
@@ -343,13 +345,9 @@ impl market_service_server::MarketService for MarketService {
             sample_data: sample.map(sqlx::types::Json),
         };
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
-        queries::lock_blob(&mut tx, &stored.sha256).await?;
-        if !self.blobs.exists(&stored.sha256).await? {
-            return Err(Error::Aborted(
-                "the stored bytes were removed concurrently; upload again".to_owned(),
-            )
-            .into());
-        }
+        self.blobs
+            .hold(&mut tx, DATASET_LOCKS, &stored.sha256)
+            .await?;
         queries::insert_dataset(&mut tx, &row).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::UploadDatasetResponse {
@@ -598,7 +596,7 @@ impl MarketService {
     /// Removes a stored dataset blob if no dataset points at it, holding its lock.
     async fn release_blob(&self, sha256: &Sha256) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        queries::lock_blob(&mut tx, sha256).await?;
+        blobs::lock(&mut tx, DATASET_LOCKS, sha256).await?;
         let unused = !queries::blob_in_use(&mut *tx, sha256).await?;
         if unused {
             self.blobs.delete(sha256).await?;

@@ -209,15 +209,6 @@ pub async fn delete_expired_sessions<'e>(executor: impl PgExecutor<'e>) -> Resul
     )
 }
 
-/// Serialises, per blob, recording a dataset that points at it with deleting it.
-pub async fn lock_blob(tx: &mut PgConnection, sha256: &Sha256) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('market.blob.' || $1, 0))")
-        .bind(sha256.to_hex())
-        .execute(tx)
-        .await?;
-    Ok(())
-}
-
 pub async fn blob_in_use<'e>(executor: impl PgExecutor<'e>, sha256: &Sha256) -> Result<bool> {
     Ok(
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM market.datasets WHERE blob_id = $1)")

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     auth::generate_token,
-    blobs::{BlobInfo, BlobStore, Sha256, upload_chunks},
+    blobs::{self, BlobInfo, BlobStore, Sha256, upload_chunks},
     error::{Error, Result},
     notify::{self, Notifier},
     page_token::{PageTokens, page_size},
@@ -79,6 +79,9 @@ fn parse_publish(field: &str, header: pb::PublishHeader) -> Result<Publish> {
         expected,
     })
 }
+
+/// The [`blobs::lock`] scope of tarballs: publishes and tarball collection.
+const TARBALL_LOCKS: &str = "registry.tarball";
 
 impl RegistryService {
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller> {
@@ -463,13 +466,9 @@ impl registry_service_server::RegistryService for RegistryService {
         let tarball = self.receive_tarball(chunks, publish.expected).await?;
 
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
-        queries::lock_tarball(&mut tx, &tarball.sha256).await?;
-        if !self.blobs.exists(&tarball.sha256).await? {
-            return Err(Error::Aborted(
-                "the tarball was removed concurrently; publish again".to_owned(),
-            )
-            .into());
-        }
+        self.blobs
+            .hold(&mut tx, TARBALL_LOCKS, &tarball.sha256)
+            .await?;
         let pointer = queries::insert_package(&mut tx, &publish.manifest, &publish.readme).await?;
         queries::insert_version(
             &mut tx,
@@ -566,13 +565,9 @@ impl registry_service_server::RegistryService for RegistryService {
             )
             .into());
         }
-        queries::lock_tarball(&mut tx, &tarball.sha256).await?;
-        if !self.blobs.exists(&tarball.sha256).await? {
-            return Err(Error::Aborted(
-                "the tarball was removed concurrently; publish again".to_owned(),
-            )
-            .into());
-        }
+        self.blobs
+            .hold(&mut tx, TARBALL_LOCKS, &tarball.sha256)
+            .await?;
         let new_name = publish.manifest.name.as_str();
         if new_name != old_name {
             queries::rename(&mut tx, pointer, new_name).await?;
@@ -1221,7 +1216,7 @@ impl RegistryService {
     /// of the same bytes take before recording their version). Whether it was removed.
     async fn release_tarball(&self, sha256: &Sha256) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        queries::lock_tarball(&mut tx, sha256).await?;
+        blobs::lock(&mut tx, TARBALL_LOCKS, sha256).await?;
         let unused = !queries::tarball_in_use(&mut *tx, sha256).await?;
         if unused {
             self.blobs.delete(sha256).await?;

@@ -674,15 +674,6 @@ pub async fn mark_version_deleted(tx: &mut PgConnection, version: i32) -> Result
     Ok(())
 }
 
-/// Serialises, per tarball, recording a version that points at it with deleting it.
-pub async fn lock_tarball(tx: &mut PgConnection, sha256: &Sha256) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('registry.tarball.' || $1, 0))")
-        .bind(sha256.to_hex())
-        .execute(tx)
-        .await?;
-    Ok(())
-}
-
 /// Whether any live version still points at these bytes (tarballs are content-addressed, so two
 /// versions may share them).
 pub async fn tarball_in_use<'e>(executor: impl PgExecutor<'e>, sha256: &Sha256) -> Result<bool> {

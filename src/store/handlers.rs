@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     auth::AdminAuth,
-    blobs::{BlobStore, ByteStream, Sha256},
+    blobs::{self, BlobStore, ByteStream, Sha256},
     error::{Error, Result},
     notify::{self, Notifier},
     page_token::{PageTokens, page_size},
@@ -40,6 +40,11 @@ pub const INLINE: &str = "lakery.json_storage_data@v1";
 pub const FILE: &str = "lakery.file@v1";
 /// Lakery's name for an S3 bucket.
 pub const S3: &str = "lakery.aws.s3@v1";
+/// The [`blobs::lock`] scope of one storage's bytes: puts, deletes and collection.
+fn byte_locks(storage: &str) -> String {
+    format!("store.bytes.{storage}")
+}
+
 /// Longest grace period CollectGarbage takes (ten years).
 const MAX_GRACE_SECONDS: i64 = 10 * 366 * 24 * 3600;
 /// Size of the byte messages sent to clients.
@@ -282,13 +287,13 @@ impl StoreService {
         }
     }
 
-    /// Removes bytes nothing references any more, each under its lock (see `lock_bytes`).
+    /// Removes bytes nothing references any more, each under its lock (see [`blobs::lock`]).
     async fn release(&self, storage: &str, sha256: &str) -> Result<bool> {
         let Some(sha) = Sha256::from_hex(sha256) else {
             return Ok(false);
         };
         let mut tx = self.pool.begin().await?;
-        queries::lock_bytes(&mut tx, storage, &sha).await?;
+        blobs::lock(&mut tx, &byte_locks(storage), &sha).await?;
         if queries::bytes_referenced(&mut *tx, storage, sha256).await? {
             return Ok(false);
         }
@@ -461,7 +466,7 @@ impl store_service_server::StoreService for StoreService {
         keys.sort();
         keys.dedup();
         for (storage, sha) in &keys {
-            queries::lock_bytes(&mut tx, storage, sha).await?;
+            blobs::lock(&mut tx, &byte_locks(storage), sha).await?;
         }
         for content in &staged {
             match (&content.inline, self.storage(content.record.storage_name)) {

@@ -61,18 +61,6 @@ const CONTENT_COLUMNS: &str = "id, created_at, manifest_id, content_name, conten
     content_size, content_hash, content_hash_algorithm, serializer_name, serializer_type::text AS serializer_type,
     storage_name, storage_data, tags";
 
-/// Serialises, per (storage, bytes), recording a content that points at them with deleting them.
-pub async fn lock_bytes(tx: &mut PgConnection, storage: &str, sha256: &Sha256) -> Result<()> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('store.bytes.' || $1 || '.' || $2, 0))",
-    )
-    .bind(storage)
-    .bind(sha256.to_hex())
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
 pub async fn insert_inline(tx: &mut PgConnection, sha256: &Sha256, data: &[u8]) -> Result<()> {
     sqlx::query(
         "INSERT INTO store.inline_values (sha256, data) VALUES ($1, $2) ON CONFLICT DO NOTHING",
