@@ -83,6 +83,26 @@ impl PageTokens {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// Ends a page fetched with one row more than `size` (the probe for a next page): cuts
+    /// `rows` to the page and returns the token resuming after its last row, or an empty token
+    /// when there was no extra row (the last page).
+    pub fn next_page<R, T: Serialize>(
+        &self,
+        query: &str,
+        rows: &mut Vec<R>,
+        size: i64,
+        position: impl FnOnce(&R) -> T,
+    ) -> String {
+        let size = size as usize;
+        if rows.len() <= size {
+            return String::new();
+        }
+        rows.truncate(size);
+        rows.last()
+            .map(|last| self.encode(query, &position(last)))
+            .unwrap_or_default()
+    }
+
     /// The position a token resumes from; `None` for the empty token (the first page).
     pub fn decode<T: DeserializeOwned>(&self, query: &str, token: &str) -> Result<Option<T>> {
         self.decode_at(query, token, SystemTime::now())
@@ -158,6 +178,19 @@ mod tests {
 
     fn codec() -> PageTokens {
         PageTokens::from_key(b"0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn next_page_cuts_the_probe_row_and_resumes_after_the_page() {
+        let tokens = codec();
+        let mut rows = vec![1i64, 2, 3];
+        let token = tokens.next_page("q", &mut rows, 2, |last| (*last, "x".to_owned()));
+        assert_eq!(rows, [1, 2]);
+        let position: Option<Position> = tokens.decode("q", &token).unwrap();
+        assert_eq!(position, Some((2, "x".to_owned())));
+        let mut last_page = vec![1i64, 2];
+        assert_eq!(tokens.next_page("q", &mut last_page, 2, |l| *l), "");
+        assert_eq!(last_page, [1, 2]);
     }
 
     #[test]

@@ -923,17 +923,26 @@ async fn market_upload(
     Ok(())
 }
 
-fn peak_rss_mib(pid: Option<u32>) -> String {
+/// A memory figure of a process from `/proc/<pid>/status` (`VmHWM`, `VmRSS`...), in MiB.
+fn status_mib(pid: Option<u32>, field: &str) -> String {
     pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| {
+                    l.strip_prefix(field)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map(|kb| format!("{:.1} MiB", kb / 1024.0))
         .unwrap_or_else(|| "n/a".to_owned())
+}
+
+/// Peak resident memory so far.
+fn peak_rss_mib(pid: Option<u32>) -> String {
+    status_mib(pid, "VmHWM")
 }
 
 async fn store_bench(
@@ -1157,17 +1166,9 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// Resident memory now.
 fn rss_mib(pid: Option<u32>) -> String {
-    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| format!("{:.1} MiB", kb / 1024.0))
-        .unwrap_or_else(|| "n/a".to_owned())
+    status_mib(pid, "VmRSS")
 }
 
 fn unix_micros() -> i64 {

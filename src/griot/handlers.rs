@@ -276,20 +276,12 @@ impl griot_service_server::GriotService for GriotService {
         let scope = format!("griot.ListPackages?{filter:?}");
         let after: Option<(time::OffsetDateTime, String)> =
             self.page_tokens.decode(&scope, &message.page_token)?;
-        let rows = queries::list_packages(&self.pool, &filter, after, size + 1).await?;
-        let next_page_token = if rows.len() as i64 > size {
-            let last = &rows[size as usize - 1];
-            self.page_tokens
-                .encode(&scope, &(last.created_at, last.package_id.clone()))
-        } else {
-            String::new()
-        };
+        let mut rows = queries::list_packages(&self.pool, &filter, after, size + 1).await?;
+        let next_page_token = self.page_tokens.next_page(&scope, &mut rows, size, |last| {
+            (last.created_at, last.package_id.clone())
+        });
         Ok(Response::new(pb::ListPackagesResponse {
-            packages: rows
-                .into_iter()
-                .take(size as usize)
-                .map(convert::package)
-                .collect(),
+            packages: rows.into_iter().map(convert::package).collect(),
             next_page_token,
         }))
     }
@@ -468,18 +460,13 @@ impl griot_service_server::GriotService for GriotService {
         let scope = format!("griot.ListInstallations?{filter:?}");
         let after: Option<(time::OffsetDateTime, Uuid)> =
             self.page_tokens.decode(&scope, &message.page_token)?;
-        let rows = queries::list_jobs(&self.pool, &filter, after, size + 1).await?;
-        let next_page_token = if rows.len() as i64 > size {
-            let last = &rows[size as usize - 1];
-            self.page_tokens
-                .encode(&scope, &(last.created_at, last.job_id))
-        } else {
-            String::new()
-        };
+        let mut rows = queries::list_jobs(&self.pool, &filter, after, size + 1).await?;
+        let next_page_token = self.page_tokens.next_page(&scope, &mut rows, size, |last| {
+            (last.created_at, last.job_id)
+        });
         Ok(Response::new(pb::ListInstallationsResponse {
             installations: rows
                 .into_iter()
-                .take(size as usize)
                 .map(|row| convert::installation(row, Vec::new()))
                 .collect(),
             next_page_token,

@@ -548,14 +548,12 @@ impl market_service_server::MarketService for MarketService {
         };
         let scope = format!("market.SearchDatapods?{search:?}&{sort:?}");
         let after: Option<(String, Uuid)> = self.page_tokens.decode(&scope, &message.page_token)?;
-        let rows = queries::search(&self.pool, &search, sort, after, size + 1).await?;
-        let next_page_token = next_token(&self.page_tokens, &scope, &rows, size);
+        let mut rows = queries::search(&self.pool, &search, sort, after, size + 1).await?;
+        let next_page_token = self
+            .page_tokens
+            .next_page(&scope, &mut rows, size, sort_position);
         Ok(Response::new(pb::SearchDatapodsResponse {
-            datapods: rows
-                .into_iter()
-                .take(size as usize)
-                .map(convert::datapod_summary)
-                .collect(),
+            datapods: rows.into_iter().map(convert::datapod_summary).collect(),
             next_page_token,
         }))
     }
@@ -569,27 +567,20 @@ impl market_service_server::MarketService for MarketService {
         let size = page_size("page_size", message.page_size, 20, 100)?;
         let scope = format!("market.ListMyDatapods?{}", seller.id);
         let after: Option<(String, Uuid)> = self.page_tokens.decode(&scope, &message.page_token)?;
-        let rows = queries::seller_datapods(&self.pool, seller.id, after, size + 1).await?;
-        let next_page_token = next_token(&self.page_tokens, &scope, &rows, size);
+        let mut rows = queries::seller_datapods(&self.pool, seller.id, after, size + 1).await?;
+        let next_page_token = self
+            .page_tokens
+            .next_page(&scope, &mut rows, size, sort_position);
         Ok(Response::new(pb::ListMyDatapodsResponse {
-            datapods: rows
-                .into_iter()
-                .take(size as usize)
-                .map(convert::datapod_summary)
-                .collect(),
+            datapods: rows.into_iter().map(convert::datapod_summary).collect(),
             next_page_token,
         }))
     }
 }
 
-/// The token of the page after `rows` (fetched with one extra row), or empty on the last page.
-fn next_token(tokens: &PageTokens, scope: &str, rows: &[queries::DatapodRow], size: i64) -> String {
-    if rows.len() as i64 > size {
-        let last = &rows[size as usize - 1];
-        tokens.encode(scope, &(last.sort_key.clone().unwrap_or_default(), last.id))
-    } else {
-        String::new()
-    }
+/// Where a datapod listing resumes: its sort key as PostgreSQL printed it, and the id.
+fn sort_position(row: &queries::DatapodRow) -> (String, Uuid) {
+    (row.sort_key.clone().unwrap_or_default(), row.id)
 }
 
 impl MarketService {

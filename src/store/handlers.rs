@@ -621,19 +621,12 @@ impl store_service_server::StoreService for StoreService {
         let filter = filter_of("filter", message.filter)?;
         let after: Option<(time::OffsetDateTime, Uuid)> =
             self.page_tokens.decode(&scope, &message.page_token)?;
-        let rows = queries::list_manifests(&self.pool, &filter, after, size + 1).await?;
-        let next_page_token = if rows.len() as i64 > size {
-            let last = &rows[size as usize - 1];
-            self.page_tokens.encode(&scope, &(last.created_at, last.id))
-        } else {
-            String::new()
-        };
+        let mut rows = queries::list_manifests(&self.pool, &filter, after, size + 1).await?;
+        let next_page_token = self
+            .page_tokens
+            .next_page(&scope, &mut rows, size, |last| (last.created_at, last.id));
         Ok(Response::new(pb::ListManifestsResponse {
-            manifests: rows
-                .iter()
-                .take(size as usize)
-                .map(convert::manifest)
-                .collect(),
+            manifests: rows.iter().map(convert::manifest).collect(),
             next_page_token,
         }))
     }
