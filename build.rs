@@ -27,6 +27,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;
+
+    // The Sui ledger API messages the market's payment verifier calls: a client (and a server,
+    // for the stand-in ledger of tests and walkthroughs), kept out of the reflection set.
+    let sui_root = Path::new("proto-sui");
+    println!("cargo:rerun-if-changed=proto-sui");
+    let mut sui = protox::Compiler::new([sui_root])?;
+    sui.include_imports(true);
+    sui.open_file("sui/rpc/v2/ledger_service.proto")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(sui.file_descriptor_set())?;
     Ok(())
 }
 

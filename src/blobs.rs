@@ -134,6 +134,43 @@ where
     })
 }
 
+/// Sends a blob's bytes down a server stream in messages of at most `chunk_size` bytes, each
+/// made by `message`. Returns true if all were sent; false if the client went away, the server
+/// is shutting down (the client is told UNAVAILABLE), or reading failed (the client gets the
+/// error).
+pub async fn send_chunks<M>(
+    tx: &tokio::sync::mpsc::Sender<std::result::Result<M, tonic::Status>>,
+    mut bytes: ByteStream,
+    chunk_size: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+    message: impl Fn(Bytes) -> M,
+) -> bool {
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tx.send(Err(tonic::Status::unavailable("the server is shutting down"))).await;
+                return false;
+            }
+            _ = tx.closed() => return false,
+            next = bytes.next() => next,
+        };
+        match next {
+            Some(Ok(chunk)) => {
+                for piece in chunk.chunks(chunk_size) {
+                    if tx.send(Ok(message(chunk.slice_ref(piece)))).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                let _ = tx.send(Err(error.into())).await;
+                return false;
+            }
+            None => return true,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,

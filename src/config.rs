@@ -215,6 +215,51 @@ pub struct Config {
     #[arg(long, env = "QUINTET_MARKET_MAX_DATASET_BYTES", default_value_t = 1024 * 1024 * 1024, global = true)]
     pub market_max_dataset_bytes: u64,
 
+    /// The Sui full node whose gRPC ledger API verifies market payments.
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_SUI_RPC_URL",
+        default_value = "https://fullnode.mainnet.sui.io:443",
+        global = true
+    )]
+    pub market_sui_rpc_url: String,
+
+    /// The Sui address buyers pay (the marketplace's escrow). Unset: purchases are off.
+    #[arg(long, env = "QUINTET_MARKET_ESCROW_ADDRESS", global = true)]
+    pub market_escrow_address: Option<String>,
+
+    /// Base URL of an OpenAI-compatible API for the market's AI chat (`<url>/chat/completions`).
+    /// Unset: SendMessage answers FAILED_PRECONDITION.
+    #[arg(long, env = "QUINTET_MARKET_AI_URL", global = true)]
+    pub market_ai_url: Option<String>,
+
+    /// The chat model to ask.
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_AI_MODEL",
+        default_value = "gpt-4o-mini",
+        global = true
+    )]
+    pub market_ai_model: String,
+
+    /// The API key sent as `Authorization: Bearer` to the AI endpoint.
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_AI_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub market_ai_api_key: Option<Secret>,
+
+    /// AI chat messages each user may send per minute (across all replicas).
+    #[arg(
+        long,
+        env = "QUINTET_MARKET_AI_MESSAGES_PER_MINUTE",
+        default_value_t = 10,
+        global = true
+    )]
+    pub market_ai_messages_per_minute: u32,
+
     /// Installation workers each server process runs (0: this process runs no jobs).
     #[arg(
         long,

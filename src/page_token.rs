@@ -103,6 +103,27 @@ impl PageTokens {
             .unwrap_or_default()
     }
 
+    /// One page of a keyset listing: decodes `token`, fetches `size + 1` rows after its position
+    /// with `fetch(after, limit)`, and returns the page with the token of the next one.
+    pub async fn page<R, T, F, Fut>(
+        &self,
+        query: &str,
+        token: &str,
+        size: i64,
+        fetch: F,
+        position: impl FnOnce(&R) -> T,
+    ) -> Result<(Vec<R>, String)>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Option<T>, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<R>>>,
+    {
+        let after = self.decode(query, token)?;
+        let mut rows = fetch(after, size + 1).await?;
+        let next = self.next_page(query, &mut rows, size, position);
+        Ok((rows, next))
+    }
+
     /// The position a token resumes from; `None` for the empty token (the first page).
     pub fn decode<T: DeserializeOwned>(&self, query: &str, token: &str) -> Result<Option<T>> {
         self.decode_at(query, token, SystemTime::now())

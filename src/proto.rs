@@ -34,6 +34,16 @@ pub mod quintet {
     }
 }
 
+/// The subset of the Sui full node's ledger API the market calls (`proto-sui/`).
+#[allow(clippy::large_enum_variant, clippy::doc_overindented_list_items)]
+pub mod sui {
+    pub mod rpc {
+        pub mod v2 {
+            tonic::include_proto!("sui.rpc.v2");
+        }
+    }
+}
+
 /// The encoded descriptor set of every quintet proto (with imports and comments), served by
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -47,6 +47,7 @@ const CHANNELS: &[&str] = &[
     crate::store::MANIFESTS_CHANNEL,
     crate::griot::JOBS_CHANNEL,
     crate::griot::LOGS_CHANNEL,
+    crate::market::PURCHASES_CHANNEL,
 ];
 /// How often the database is probed for the health service.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -292,7 +293,40 @@ pub async fn start(
         .await?,
         page_tokens: shared.page_tokens.clone(),
         max_dataset_bytes: config.market_max_dataset_bytes,
+        verifier: std::sync::Arc::new(
+            crate::market::payment::SuiPaymentVerifier::new(
+                &config.market_sui_rpc_url,
+                config.market_escrow_address.as_deref(),
+            )
+            .context("the market's Sui ledger")?,
+        ),
+        chat: config
+            .market_ai_url
+            .as_deref()
+            .map(|url| {
+                crate::market::chat::ChatEndpoint::new(
+                    url,
+                    &config.market_ai_model,
+                    config.market_ai_api_key.clone(),
+                    config.market_ai_messages_per_minute,
+                )
+                .map(std::sync::Arc::new)
+            })
+            .transpose()
+            .context("the market's AI endpoint")?,
+        shutdown: shutdown.clone(),
     };
+    let mut workers = workers;
+    workers.push(
+        crate::market::purchases::Worker {
+            pool: pool.clone(),
+            notifier: shared.notifier.clone(),
+            verifier: market.verifier.clone(),
+            master_key: market.master_key.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .spawn(),
+    );
     let collector = market.clone();
     spawn_hourly_collector(
         "market datasets and sessions",

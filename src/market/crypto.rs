@@ -12,6 +12,7 @@
 
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    agreement, hkdf,
     rand::{SecureRandom, SystemRandom},
 };
 
@@ -202,6 +203,97 @@ impl MasterKey {
     }
 }
 
+/// The HKDF `info` prefix of keys wrapped for buyers.
+const BUYER_KEY_INFO: &[u8] = b"quintet.market.buyer-key.v1";
+/// Bytes of a key wrapped for a buyer: ephemeral public key, nonce, sealed key and tag.
+pub const BUYER_WRAPPED_LEN: usize = 32 + NONCE_LEN + 32 + TAG;
+
+/// The AES key both sides derive from the X25519 shared secret.
+fn buyer_wrapping_key(
+    shared: &[u8],
+    ephemeral_public: &[u8],
+    buyer_public: &[u8],
+    purchase: &str,
+) -> LessSafeKey {
+    let salt = hkdf::Salt::new(
+        hkdf::HKDF_SHA256,
+        &[ephemeral_public, buyer_public].concat(),
+    );
+    let info = [BUYER_KEY_INFO, purchase.as_bytes()];
+    let mut key = [0u8; 32];
+    salt.extract(shared)
+        .expand(&info, hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut key))
+        .expect("HKDF-SHA256 yields 32 bytes");
+    aes(&key)
+}
+
+/// Whether `public` is an X25519 public key a key can be wrapped for (not of low order).
+pub fn check_buyer_public_key(public: &[u8]) -> bool {
+    public.len() == 32 && wrap_for_buyer(&[0u8; 32], public, "check").is_ok()
+}
+
+/// Wraps a dataset key for a buyer's X25519 public key (ECIES: an ephemeral key pair, HKDF-SHA256
+/// of the shared secret, AES-256-GCM with the purchase id as additional data). Only the holder
+/// of the buyer's private key can unwrap it; the server keeps no way to.
+pub fn wrap_for_buyer(key: &[u8; 32], buyer_public: &[u8], purchase: &str) -> Result<Vec<u8>> {
+    let rng = SystemRandom::new();
+    let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
+        .expect("the system's random source works");
+    let ephemeral_public = ephemeral
+        .compute_public_key()
+        .expect("an X25519 public key");
+    let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, buyer_public);
+    let wrapping = agreement::agree_ephemeral(ephemeral, &peer, |shared| {
+        buyer_wrapping_key(shared, ephemeral_public.as_ref(), buyer_public, purchase)
+    })
+    .map_err(|_| {
+        Error::invalid_argument(
+            "buyer_public_key",
+            "not a usable X25519 public key (32 bytes, not of low order)",
+        )
+    })?;
+    let nonce = random_nonce();
+    let mut sealed = key.to_vec();
+    wrapping
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(purchase.as_bytes()),
+            &mut sealed,
+        )
+        .expect("AES-GCM sealing of 32 bytes");
+    Ok([ephemeral_public.as_ref(), &nonce[..], &sealed].concat())
+}
+
+/// The buyer's side of [`wrap_for_buyer`], with a private key ring can hold (tests and tools;
+/// clients use their own X25519 libraries).
+pub fn unwrap_as_buyer(
+    private: agreement::EphemeralPrivateKey,
+    wrapped: &[u8],
+    purchase: &str,
+) -> Result<[u8; 32]> {
+    if wrapped.len() != BUYER_WRAPPED_LEN {
+        return Err(Error::DataLoss("a wrapped key has the wrong length".into()));
+    }
+    let buyer_public = private.compute_public_key().expect("an X25519 public key");
+    let (ephemeral_public, rest) = wrapped.split_at(32);
+    let (nonce, sealed) = rest.split_at(NONCE_LEN);
+    let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, ephemeral_public);
+    let wrapping = agreement::agree_ephemeral(private, &peer, |shared| {
+        buyer_wrapping_key(shared, ephemeral_public, buyer_public.as_ref(), purchase)
+    })
+    .map_err(|_| Error::DataLoss("the ephemeral key is not usable".into()))?;
+    let mut buffer = sealed.to_vec();
+    let key = wrapping
+        .open_in_place(
+            Nonce::try_assume_unique_for_key(nonce).expect("12 bytes"),
+            Aad::from(purchase.as_bytes()),
+            &mut buffer,
+        )
+        .map_err(|_| Error::DataLoss("the wrapped key does not unwrap".into()))?;
+    Ok(key.try_into().expect("32 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +360,36 @@ mod tests {
         assert!(other.unwrap(&wrapped, b"dataset-1").is_err());
         assert_ne!(master.check_value(), other.check_value());
         assert!(!format!("{master:?}").contains(&format!("{}", key[0])));
+    }
+
+    #[test]
+    fn keys_wrapped_for_a_buyer_unwrap_only_with_their_private_key_and_purchase() {
+        let rng = SystemRandom::new();
+        let key = random_key();
+        let buyer = || agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng).unwrap();
+        let private = buyer();
+        let public = private.compute_public_key().unwrap();
+        let wrapped = wrap_for_buyer(&key, public.as_ref(), "purchase-1").unwrap();
+        assert_eq!(wrapped.len(), BUYER_WRAPPED_LEN);
+        // A fresh ephemeral key every time.
+        assert_ne!(
+            wrapped,
+            wrap_for_buyer(&key, public.as_ref(), "purchase-1").unwrap()
+        );
+        assert_eq!(
+            unwrap_as_buyer(private, &wrapped, "purchase-1").unwrap(),
+            key
+        );
+        let private = buyer();
+        let public = private.compute_public_key().unwrap();
+        let wrapped = wrap_for_buyer(&key, public.as_ref(), "purchase-1").unwrap();
+        assert!(unwrap_as_buyer(private, &wrapped, "purchase-2").is_err());
+        assert!(unwrap_as_buyer(buyer(), &wrapped, "purchase-1").is_err());
+        // Low-order points and wrong lengths are refused.
+        assert!(!check_buyer_public_key(&[0u8; 32]));
+        assert!(!check_buyer_public_key(&[1u8; 31]));
+        assert!(check_buyer_public_key(
+            buyer().compute_public_key().unwrap().as_ref()
+        ));
     }
 }

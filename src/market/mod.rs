@@ -3,11 +3,14 @@
 //! encrypted as they stream (keys wrapped by the server's master key) and offer them as
 //! datapods that anyone can search.
 
+pub mod chat;
 mod convert;
 pub mod crypto;
 mod handlers;
 pub mod infer;
 pub mod oidc;
+pub mod payment;
+pub mod purchases;
 pub mod queries;
 pub mod sui;
 
@@ -17,6 +20,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 pub use handlers::MarketService;
+pub use purchases::PURCHASES_CHANNEL;
 
 use crate::auth::Secret;
 

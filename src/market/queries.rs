@@ -464,3 +464,748 @@ pub async fn seller_datapods<'e>(
     .fetch_all(executor)
     .await?)
 }
+
+// ---- Purchases, escrow, downloads ------------------------------------------------------------
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PurchaseRow {
+    pub id: Uuid,
+    pub datapod_id: Uuid,
+    pub datapod_title: String,
+    pub datapod_category: Option<String>,
+    pub seller_id: Uuid,
+    pub seller_name: Option<String>,
+    pub seller_image: Option<String>,
+    pub seller_rating: f64,
+    pub seller_sales: i32,
+    pub seller_purchases: i32,
+    pub seller_created_at: OffsetDateTime,
+    pub buyer_id: Uuid,
+    pub buyer_name: Option<String>,
+    pub buyer_image: Option<String>,
+    pub buyer_rating: f64,
+    pub buyer_sales: i32,
+    pub buyer_purchases: i32,
+    pub buyer_created_at: OffsetDateTime,
+    pub payment_tx_digest: String,
+    pub amount_mist: i64,
+    pub price_mist: i64,
+    pub status: String,
+    pub escrow_status: Option<String>,
+    pub buyer_public_key: Vec<u8>,
+    pub decryption_key: Option<String>,
+    pub refund_reason: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub completed_at: Option<OffsetDateTime>,
+    pub updated_at: OffsetDateTime,
+    pub review_id: Option<Uuid>,
+    pub review_rating: Option<i32>,
+    pub review_comment: Option<String>,
+    pub review_created_at: Option<OffsetDateTime>,
+    pub review_updated_at: Option<OffsetDateTime>,
+}
+
+/// A purchase with its datapod, both users, escrow and review.
+const PURCHASE_SELECT: &str = "SELECT p.id, p.datapod_id, d.title AS datapod_title,
+    d.category AS datapod_category, d.seller_id, s.name AS seller_name,
+    s.profile_image AS seller_image, s.average_rating::float8 AS seller_rating,
+    s.total_sales AS seller_sales, s.total_purchases AS seller_purchases,
+    s.created_at AS seller_created_at, p.buyer_id, b.name AS buyer_name,
+    b.profile_image AS buyer_image, b.average_rating::float8 AS buyer_rating,
+    b.total_sales AS buyer_sales, b.total_purchases AS buyer_purchases,
+    b.created_at AS buyer_created_at, p.payment_tx_digest,
+    (p.amount_sui * 1000000000)::bigint AS amount_mist,
+    (p.price_sui * 1000000000)::bigint AS price_mist, p.status, e.status AS escrow_status,
+    p.buyer_public_key, p.decryption_key, p.refund_reason, p.idempotency_key, p.created_at,
+    p.completed_at, p.updated_at, r.id AS review_id, r.rating AS review_rating,
+    r.comment AS review_comment, r.created_at AS review_created_at,
+    r.updated_at AS review_updated_at
+    FROM market.purchases p
+    JOIN market.datapods d ON d.id = p.datapod_id
+    JOIN market.users s ON s.id = d.seller_id
+    JOIN market.users b ON b.id = p.buyer_id
+    LEFT JOIN market.escrow_transactions e ON e.purchase_id = p.id
+    LEFT JOIN market.reviews r ON r.purchase_id = p.id";
+
+pub async fn purchase<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Option<PurchaseRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PURCHASE_SELECT} WHERE p.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// The purchase a buyer made with an idempotency key.
+pub async fn purchase_by_idempotency_key<'e>(
+    executor: impl PgExecutor<'e>,
+    buyer: Uuid,
+    key: &str,
+) -> Result<Option<PurchaseRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PURCHASE_SELECT} WHERE p.buyer_id = $1 AND p.idempotency_key = $2"
+    )))
+    .bind(buyer)
+    .bind(key)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// A buyer's purchases (or a seller's sales), newest first.
+pub async fn purchases<'e>(
+    executor: impl PgExecutor<'e>,
+    user: Uuid,
+    as_seller: bool,
+    after: Option<(String, Uuid)>,
+    limit: i64,
+) -> Result<Vec<PurchaseRow>> {
+    let whose = if as_seller {
+        "p.datapod_id IN (SELECT id FROM market.datapods WHERE seller_id = $1)"
+    } else {
+        "p.buyer_id = $1"
+    };
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PURCHASE_SELECT} WHERE {whose}
+           AND ($2::text IS NULL OR (p.created_at, p.id) < ($2::timestamptz, $3))
+         ORDER BY p.created_at DESC, p.id DESC LIMIT $4"
+    )))
+    .bind(user)
+    .bind(after.as_ref().map(|a| a.0.clone()))
+    .bind(after.as_ref().map(|a| a.1))
+    .bind(limit)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// What CreatePurchase knows of the datapod: its seller, price, and whether it is published.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Offer {
+    pub seller_id: Uuid,
+    pub published: bool,
+    pub price_mist: i64,
+}
+
+pub async fn offer<'e>(executor: impl PgExecutor<'e>, datapod: Uuid) -> Result<Option<Offer>> {
+    Ok(sqlx::query_as(
+        "SELECT seller_id, published, (price_sui * 1000000000)::bigint AS price_mist
+         FROM market.datapods WHERE id = $1",
+    )
+    .bind(datapod)
+    .fetch_optional(executor)
+    .await?)
+}
+
+pub struct NewPurchase<'a> {
+    pub buyer_id: Uuid,
+    pub datapod_id: Uuid,
+    pub payment_tx_digest: &'a str,
+    pub price_mist: i64,
+    pub buyer_public_key: &'a [u8],
+    pub idempotency_key: Option<&'a str>,
+    /// How long the creating request has to check the payment before the worker may.
+    pub lease_seconds: f64,
+}
+
+/// Records a purchase awaiting its payment check. Unique violations name their constraint.
+pub async fn insert_purchase<'e>(
+    executor: impl PgExecutor<'e>,
+    new: &NewPurchase<'_>,
+) -> Result<Uuid> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO market.purchases (buyer_id, datapod_id, payment_tx_digest, amount_sui,
+             price_sui, buyer_public_key, idempotency_key, next_attempt_at)
+         VALUES ($1, $2, $3, $4::numeric * 0.000000001, $4::numeric * 0.000000001, $5, $6,
+             now() + make_interval(secs => $7))
+         RETURNING id",
+    )
+    .bind(new.buyer_id)
+    .bind(new.datapod_id)
+    .bind(new.payment_tx_digest)
+    .bind(new.price_mist)
+    .bind(new.buyer_public_key)
+    .bind(new.idempotency_key)
+    .bind(new.lease_seconds)
+    .fetch_one(executor)
+    .await?)
+}
+
+/// Drops a buyer's unverified purchase of a datapod (replaced by a new attempt).
+pub async fn delete_pending_purchase_of<'e>(
+    executor: impl PgExecutor<'e>,
+    buyer: Uuid,
+    datapod: Uuid,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "DELETE FROM market.purchases
+         WHERE buyer_id = $1 AND datapod_id = $2 AND status = 'pending_payment'",
+    )
+    .bind(buyer)
+    .bind(datapod)
+    .execute(executor)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+/// Schedules the next payment check of a pending purchase.
+pub async fn reschedule_payment_check<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+    seconds: f64,
+    why: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE market.purchases SET next_attempt_at = now() + make_interval(secs => $2),
+             last_error = $3
+         WHERE id = $1 AND status = 'pending_payment'",
+    )
+    .bind(id)
+    .bind(seconds)
+    .bind(why)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A verified payment: the purchase moves to `processing` and its payment into escrow `holding`.
+/// False if it was not pending any more (another worker got there first).
+pub async fn mark_paid(tx: &mut PgConnection, id: Uuid, amount_mist: i64) -> Result<bool> {
+    let seller: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE market.purchases p SET status = 'processing',
+             amount_sui = $2::numeric * 0.000000001, attempts = 0, next_attempt_at = now(),
+             last_error = NULL, updated_at = now()
+         FROM market.datapods d
+         WHERE p.id = $1 AND p.status = 'pending_payment' AND d.id = p.datapod_id
+         RETURNING d.seller_id",
+    )
+    .bind(id)
+    .bind(amount_mist)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(seller) = seller else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "INSERT INTO market.escrow_transactions (purchase_id, seller_id, amount_sui)
+         VALUES ($1, $2, $3::numeric * 0.000000001)",
+    )
+    .bind(id)
+    .bind(seller)
+    .bind(amount_mist)
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
+}
+
+/// Forgets a purchase whose payment was refused (its digest may then pay for something else).
+pub async fn delete_pending_purchase<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<()> {
+    sqlx::query("DELETE FROM market.purchases WHERE id = $1 AND status = 'pending_payment'")
+        .bind(id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Work the background worker claimed: a purchase to check or fulfil.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Due {
+    pub id: Uuid,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: OffsetDateTime,
+    pub payment_tx_digest: String,
+    pub price_mist: i64,
+    pub buyer_address: Option<String>,
+    pub buyer_public_key: Vec<u8>,
+    pub dataset_id: Uuid,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// Claims the purchase most overdue for work: pushes its next attempt out by the backoff for
+/// its attempt count (the lease: if this worker dies, the purchase is due again then).
+pub async fn claim_due_purchase<'e>(executor: impl PgExecutor<'e>) -> Result<Option<Due>> {
+    Ok(sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM market.purchases
+             WHERE status IN ('pending_payment', 'processing') AND next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+         UPDATE market.purchases p SET attempts = p.attempts + 1,
+             next_attempt_at = now() + make_interval(secs => least(3600, 2 ^ least(p.attempts, 12)))
+         FROM due, market.datapods d, market.datasets s, market.users b
+         WHERE p.id = due.id AND d.id = p.datapod_id AND s.id = d.dataset_id AND b.id = p.buyer_id
+         RETURNING p.id, p.status, p.attempts, p.created_at, p.payment_tx_digest,
+             (p.price_sui * 1000000000)::bigint AS price_mist, b.sui_address AS buyer_address,
+             p.buyer_public_key, s.id AS dataset_id, s.wrapped_key",
+    )
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// Records why an attempt failed (the next one is already scheduled by the claim).
+pub async fn record_attempt_error<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+    error: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE market.purchases SET last_error = $2 WHERE id = $1")
+        .bind(id)
+        .bind(error)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Delivers the key: the purchase completes and its escrow is released, together. False if it
+/// was not processing any more (refunded meanwhile, or completed by another worker).
+pub async fn complete_purchase(
+    tx: &mut PgConnection,
+    id: Uuid,
+    decryption_key: &str,
+    decryption_iv: &str,
+    blob_id: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE market.purchases SET status = 'completed', decryption_key = $2,
+             decryption_iv = $3, encrypted_blob_id = $4, completed_at = now(),
+             updated_at = now(), last_error = NULL
+         WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .bind(decryption_key)
+    .bind(decryption_iv)
+    .bind(blob_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        sqlx::query(
+            "UPDATE market.escrow_transactions SET status = 'released', released_at = now()
+             WHERE purchase_id = $1 AND status = 'holding'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(done)
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct LockedPurchase {
+    pub status: String,
+    pub buyer_id: Uuid,
+    pub seller_id: Uuid,
+    pub datapod_id: Uuid,
+}
+
+/// A purchase, locked for a change.
+pub async fn lock_purchase(tx: &mut PgConnection, id: Uuid) -> Result<Option<LockedPurchase>> {
+    Ok(sqlx::query_as(
+        "SELECT p.status, p.buyer_id, d.seller_id, p.datapod_id FROM market.purchases p
+         JOIN market.datapods d ON d.id = p.datapod_id WHERE p.id = $1 FOR UPDATE OF p",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?)
+}
+
+/// Locks a datapod against purchases being made of it; false if it does not exist.
+pub async fn lock_datapod(tx: &mut PgConnection, id: Uuid) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM market.datapods WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Whether a review of the purchase exists.
+pub async fn purchase_reviewed<'e>(executor: impl PgExecutor<'e>, purchase: Uuid) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM market.reviews WHERE purchase_id = $1)")
+            .bind(purchase)
+            .fetch_one(executor)
+            .await?,
+    )
+}
+
+/// Refunds a purchase and its escrow.
+pub async fn refund_purchase(tx: &mut PgConnection, id: Uuid, reason: Option<&str>) -> Result<()> {
+    sqlx::query(
+        "UPDATE market.purchases SET status = 'refunded', refund_reason = $2, refunded_at = now(),
+             updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE market.escrow_transactions SET status = 'refunded', refunded_at = now()
+         WHERE purchase_id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What a download needs.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Delivery {
+    pub buyer_id: Uuid,
+    pub datapod_id: Uuid,
+    pub status: String,
+    pub decryption_key: Option<String>,
+    pub blob_id: String,
+    pub storage_size: i64,
+    pub encryption_iv: String,
+    pub file_size: i64,
+    pub data_hash: String,
+    pub file_type: String,
+}
+
+pub async fn delivery<'e>(
+    executor: impl PgExecutor<'e>,
+    purchase: Uuid,
+) -> Result<Option<Delivery>> {
+    Ok(sqlx::query_as(
+        "SELECT p.buyer_id, p.datapod_id, p.status, p.decryption_key, s.blob_id, s.storage_size,
+             s.encryption_iv, s.file_size, s.data_hash, s.file_type
+         FROM market.purchases p JOIN market.datapods d ON d.id = p.datapod_id
+         JOIN market.datasets s ON s.id = d.dataset_id WHERE p.id = $1",
+    )
+    .bind(purchase)
+    .fetch_optional(executor)
+    .await?)
+}
+
+pub async fn log_download<'e>(
+    executor: impl PgExecutor<'e>,
+    purchase: Uuid,
+    buyer: Uuid,
+    datapod: Uuid,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO market.download_logs (purchase_id, buyer_id, datapod_id) VALUES ($1, $2, $3)",
+    )
+    .bind(purchase)
+    .bind(buyer)
+    .bind(datapod)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Whether a datapod has purchases (then it cannot be deleted).
+pub async fn datapod_has_purchases<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM market.purchases WHERE datapod_id = $1)")
+            .bind(id)
+            .fetch_one(executor)
+            .await?,
+    )
+}
+
+// ---- Reviews -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReviewRow {
+    pub id: Uuid,
+    pub purchase_id: Uuid,
+    pub datapod_id: Uuid,
+    pub rating: i32,
+    pub comment: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub buyer_id: Uuid,
+    pub buyer_name: Option<String>,
+    pub buyer_image: Option<String>,
+    pub buyer_rating: f64,
+    pub buyer_sales: i32,
+    pub buyer_purchases: i32,
+    pub buyer_created_at: OffsetDateTime,
+}
+
+const REVIEW_SELECT: &str = "SELECT r.id, r.purchase_id, r.datapod_id, r.rating, r.comment,
+    r.created_at, r.updated_at, r.buyer_id, b.name AS buyer_name, b.profile_image AS buyer_image,
+    b.average_rating::float8 AS buyer_rating, b.total_sales AS buyer_sales,
+    b.total_purchases AS buyer_purchases, b.created_at AS buyer_created_at
+    FROM market.reviews r JOIN market.users b ON b.id = r.buyer_id";
+
+pub async fn insert_review<'e>(
+    executor: impl PgExecutor<'e>,
+    purchase: Uuid,
+    buyer: Uuid,
+    datapod: Uuid,
+    rating: i32,
+    comment: Option<&str>,
+) -> Result<Uuid> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO market.reviews (purchase_id, buyer_id, datapod_id, rating, comment)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(purchase)
+    .bind(buyer)
+    .bind(datapod)
+    .bind(rating)
+    .bind(comment)
+    .fetch_one(executor)
+    .await?)
+}
+
+pub async fn review<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Option<ReviewRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{REVIEW_SELECT} WHERE r.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// Changes a review; `None` fields stay.
+pub async fn update_review<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+    rating: Option<i32>,
+    comment: Option<Option<&str>>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE market.reviews SET rating = coalesce($2, rating),
+             comment = CASE WHEN $3::boolean THEN $4 ELSE comment END, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(rating)
+    .bind(comment.is_some())
+    .bind(comment.flatten())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+pub async fn reviews<'e>(
+    executor: impl PgExecutor<'e>,
+    datapod: Uuid,
+    after: Option<(String, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ReviewRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{REVIEW_SELECT} WHERE r.datapod_id = $1
+           AND ($2::text IS NULL OR (r.created_at, r.id) < ($2::timestamptz, $3))
+         ORDER BY r.created_at DESC, r.id DESC LIMIT $4"
+    )))
+    .bind(datapod)
+    .bind(after.as_ref().map(|a| a.0.clone()))
+    .bind(after.as_ref().map(|a| a.1))
+    .bind(limit)
+    .fetch_all(executor)
+    .await?)
+}
+
+// ---- Analytics -----------------------------------------------------------------------------
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct SellerAnalytics {
+    pub total_datapods: i64,
+    pub published_datapods: i64,
+    pub total_sales: i64,
+    pub total_revenue_mist: i64,
+    pub average_rating: f64,
+    pub total_downloads: i64,
+    pub refunded_purchases: i64,
+    pub processing_purchases: i64,
+}
+
+/// The seed's seller analytics, with revenue summed from what completed purchases paid (the
+/// seed multiplied today's price by the count, which a price change rewrites).
+pub async fn seller_analytics<'e>(
+    executor: impl PgExecutor<'e>,
+    seller: Uuid,
+) -> Result<SellerAnalytics> {
+    Ok(sqlx::query_as(
+        "WITH pods AS (SELECT * FROM market.datapods WHERE seller_id = $1),
+              sold AS (SELECT p.* FROM market.purchases p JOIN pods ON pods.id = p.datapod_id)
+         SELECT
+             (SELECT count(*) FROM pods) AS total_datapods,
+             (SELECT count(*) FILTER (WHERE published) FROM pods) AS published_datapods,
+             (SELECT coalesce(sum(purchase_count), 0)::bigint FROM pods) AS total_sales,
+             (SELECT coalesce(sum(amount_sui) FILTER (WHERE status = 'completed'), 0)
+                  * 1000000000 FROM sold)::bigint AS total_revenue_mist,
+             (SELECT coalesce(avg(average_rating) FILTER (WHERE average_rating > 0), 0)::float8
+                  FROM pods) AS average_rating,
+             (SELECT count(*) FROM market.download_logs l JOIN pods ON pods.id = l.datapod_id)
+                  AS total_downloads,
+             (SELECT count(*) FILTER (WHERE status = 'refunded') FROM sold) AS refunded_purchases,
+             (SELECT count(*) FILTER (WHERE status = 'processing') FROM sold)
+                  AS processing_purchases",
+    )
+    .bind(seller)
+    .fetch_one(executor)
+    .await?)
+}
+
+// ---- AI chat -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversationRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub title: Option<String>,
+    pub total_tokens: i32,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub role: String,
+    pub content: String,
+    pub tokens: Option<i32>,
+    pub context: Option<Json<Value>>,
+    pub created_at: OffsetDateTime,
+}
+
+const CONVERSATION_COLUMNS: &str = "id, user_id, title, total_tokens, created_at, updated_at";
+const MESSAGE_COLUMNS: &str = "id, role, content, tokens, context, created_at";
+
+pub async fn insert_conversation<'e>(
+    executor: impl PgExecutor<'e>,
+    user: Uuid,
+    title: Option<&str>,
+) -> Result<ConversationRow> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO market.ai_conversations (user_id, title) VALUES ($1, $2)
+         RETURNING {CONVERSATION_COLUMNS}"
+    )))
+    .bind(user)
+    .bind(title)
+    .fetch_one(executor)
+    .await?)
+}
+
+pub async fn conversation<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<ConversationRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM market.ai_conversations WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// A user's conversations, most recently active first.
+pub async fn conversations<'e>(
+    executor: impl PgExecutor<'e>,
+    user: Uuid,
+    after: Option<(String, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ConversationRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM market.ai_conversations WHERE user_id = $1
+           AND ($2::text IS NULL OR (updated_at, id) < ($2::timestamptz, $3))
+         ORDER BY updated_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(user)
+    .bind(after.as_ref().map(|a| a.0.clone()))
+    .bind(after.as_ref().map(|a| a.1))
+    .bind(limit)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// A conversation's messages, oldest first; with `last`, only that many of the newest.
+pub async fn messages<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: Uuid,
+    last: Option<i64>,
+) -> Result<Vec<MessageRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM (SELECT {MESSAGE_COLUMNS}, seq FROM market.ai_messages
+             WHERE conversation_id = $1 ORDER BY seq DESC LIMIT $2) m ORDER BY seq"
+    )))
+    .bind(conversation)
+    .bind(last)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Counts one message against the user's per-minute window; false if the window is full.
+pub async fn take_ai_allowance<'e>(
+    executor: impl PgExecutor<'e>,
+    user: Uuid,
+    per_minute: i32,
+) -> Result<bool> {
+    let count: i32 = sqlx::query_scalar(
+        "INSERT INTO market.ai_rate_windows AS w (user_id, window_start, count)
+         VALUES ($1, now(), 1)
+         ON CONFLICT (user_id) DO UPDATE SET
+             count = CASE WHEN w.window_start <= now() - interval '1 minute' THEN 1
+                          ELSE w.count + 1 END,
+             window_start = CASE WHEN w.window_start <= now() - interval '1 minute' THEN now()
+                                 ELSE w.window_start END
+         RETURNING count",
+    )
+    .bind(user)
+    .fetch_one(executor)
+    .await?;
+    Ok(count <= per_minute)
+}
+
+pub struct Exchange<'a> {
+    pub conversation: Uuid,
+    pub question: &'a str,
+    pub question_tokens: Option<i32>,
+    pub answer: &'a str,
+    pub answer_tokens: Option<i32>,
+    pub context: Option<Value>,
+    /// Set as the title if the conversation has none.
+    pub title: &'a str,
+}
+
+/// Stores a question and its answer together, and adds their tokens to the conversation.
+pub async fn store_exchange(
+    tx: &mut PgConnection,
+    exchange: &Exchange<'_>,
+) -> Result<(MessageRow, MessageRow, i32)> {
+    let insert = format!(
+        "INSERT INTO market.ai_messages (conversation_id, role, content, tokens, context)
+         VALUES ($1, $2, $3, $4, $5) RETURNING {MESSAGE_COLUMNS}"
+    );
+    let question: MessageRow = sqlx::query_as(sqlx::AssertSqlSafe(insert.clone()))
+        .bind(exchange.conversation)
+        .bind("user")
+        .bind(exchange.question)
+        .bind(exchange.question_tokens)
+        .bind(exchange.context.clone().map(Json))
+        .fetch_one(&mut *tx)
+        .await?;
+    let answer: MessageRow = sqlx::query_as(sqlx::AssertSqlSafe(insert))
+        .bind(exchange.conversation)
+        .bind("assistant")
+        .bind(exchange.answer)
+        .bind(exchange.answer_tokens)
+        .bind(None::<Json<Value>>)
+        .fetch_one(&mut *tx)
+        .await?;
+    let total: i32 = sqlx::query_scalar(
+        "UPDATE market.ai_conversations SET
+             total_tokens = least(2147483647, total_tokens::bigint + $2)::integer,
+             title = coalesce(title, $3), updated_at = now()
+         WHERE id = $1 RETURNING total_tokens",
+    )
+    .bind(exchange.conversation)
+    .bind(
+        i64::from(exchange.question_tokens.unwrap_or(0))
+            + i64::from(exchange.answer_tokens.unwrap_or(0)),
+    )
+    .bind(exchange.title)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((question, answer, total))
+}

@@ -695,7 +695,7 @@ impl registry_service_server::RegistryService for RegistryService {
                 version.id
             ))
         })?;
-        let (_, mut bytes) = self.blobs.get(&sha256).await?;
+        let (_, bytes) = self.blobs.get(&sha256).await?;
         let (tx, rx) = mpsc::channel(8);
         let (pool, shutdown) = (self.pool.clone(), self.shutdown.clone());
         let first = pb::DownloadVersionResponse {
@@ -705,32 +705,11 @@ impl registry_service_server::RegistryService for RegistryService {
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the server is shutting down"))).await;
-                        return;
-                    }
-                    _ = tx.closed() => return,
-                    next = bytes.next() => next,
-                };
-                match next {
-                    Some(Ok(chunk)) => {
-                        for piece in chunk.chunks(DOWNLOAD_CHUNK) {
-                            let message = pb::DownloadVersionResponse {
-                                part: Some(Part::Chunk(Bytes::copy_from_slice(piece))),
-                            };
-                            if tx.send(Ok(message)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Err(error)) => {
-                        let _ = tx.send(Err(error.into())).await;
-                        return;
-                    }
-                    None => break,
-                }
+            let chunk = |bytes| pb::DownloadVersionResponse {
+                part: Some(Part::Chunk(bytes)),
+            };
+            if !blobs::send_chunks(&tx, bytes, DOWNLOAD_CHUNK, &shutdown, chunk).await {
+                return;
             }
             // Counted once the whole tarball is handed over.
             if let Err(error) = queries::count_download(&pool, version.id, version.package_id).await

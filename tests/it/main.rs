@@ -5,6 +5,7 @@ mod foundation;
 mod griot;
 mod harness;
 mod market;
+mod market_purchases;
 mod registry;
 mod shared_blocks;
 mod store;

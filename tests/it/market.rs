@@ -116,14 +116,20 @@ impl Issuer {
     }
 }
 
-struct Market {
-    server: TestServer,
+/// A server with its own OpenID Connect issuer (market_purchases.rs uses it too).
+pub(crate) struct Market {
+    pub(crate) server: TestServer,
     issuer: Issuer,
     key: RsaKeyPair,
 }
 
 impl Market {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// `adjust` may change the configuration further.
+    pub(crate) async fn start_with(adjust: impl FnOnce(&mut quintet::config::Config)) -> Self {
         let key = fixture_key(1);
         let issuer = Issuer::start(vec![jwk(&key, "k1")]).await;
         let url = issuer.url.clone();
@@ -131,6 +137,7 @@ impl Market {
             c.market_oidc_jwks_url = url;
             c.market_oidc_issuers = vec![ISSUER.to_owned()];
             c.market_oidc_audience = Some(AUDIENCE.to_owned());
+            adjust(c);
         })
         .await;
         Market {
@@ -140,7 +147,7 @@ impl Market {
         }
     }
 
-    fn client(&self) -> MarketServiceClient<Channel> {
+    pub(crate) fn client(&self) -> MarketServiceClient<Channel> {
         MarketServiceClient::new(self.server.channel.clone())
     }
 
@@ -152,14 +159,14 @@ impl Market {
     }
 
     /// Signs `sub` in; returns the session token.
-    async fn user(&self, sub: &str) -> String {
+    pub(crate) async fn user(&self, sub: &str) -> String {
         self.sign_in_with(id_token(&self.key, "k1", "RS256", &claims(sub, sub)))
             .await
             .unwrap()
             .session_token
     }
 
-    async fn upload(
+    pub(crate) async fn upload(
         &self,
         session: &str,
         file_type: &str,
@@ -185,7 +192,7 @@ impl Market {
             .map(|r| r.into_inner().dataset.unwrap())
     }
 
-    async fn datapod(
+    pub(crate) async fn datapod(
         &self,
         session: &str,
         title: &str,
