@@ -34,6 +34,24 @@ struct Cli {
 enum BenchCommand {
     /// Drive a scenario against a server and report throughput and latency.
     Run(RunArgs),
+    /// A stand-in Sui full node for trying market purchases without a chain: records one
+    /// transfer per `--pay SENDER:RECIPIENT:MIST` (SUI, successful, checkpointed), prints each
+    /// one's digest, and serves them on the ledger API until stopped.
+    SuiLedger {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        #[arg(long = "pay", value_name = "SENDER:RECIPIENT:MIST")]
+        payments: Vec<String>,
+    },
+    /// A stand-in Sui wallet: signs MESSAGE as a personal message with the Ed25519 key of a
+    /// 32-byte seed and prints the wallet's address and the serialized signature (as
+    /// ProveSuiAddress takes it).
+    SuiSign {
+        /// 64 hex digits.
+        #[arg(long)]
+        seed: String,
+        message: String,
+    },
     /// Fill a server's registry with generated packages (through the RPCs, as publishers would):
     /// `packages` packages with `versions` versions each, then `downloads` random downloads.
     SeedRegistry {
@@ -195,6 +213,8 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        BenchCommand::SuiLedger { listen, payments } => sui_ledger(listen, &payments).await,
+        BenchCommand::SuiSign { seed, message } => sui_sign(&seed, &message),
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
         BenchCommand::Run(args) => run(args).await,
         BenchCommand::SeedMarket {
@@ -1400,5 +1420,54 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
         );
     }
     pool.close().await;
+    Ok(())
+}
+
+async fn sui_ledger(listen: SocketAddr, payments: &[String]) -> anyhow::Result<()> {
+    use quintet::market::standin_ledger::{StandInLedger, Transfer};
+    let ledger = StandInLedger::default();
+    for payment in payments {
+        let parts: Vec<&str> = payment.split(':').collect();
+        let [sender, recipient, mist] = parts[..] else {
+            anyhow::bail!("--pay takes SENDER:RECIPIENT:MIST, not {payment:?}");
+        };
+        let digest = ledger.transfer(&Transfer {
+            sender,
+            recipient,
+            coin_type: quintet::market::payment::SUI_COIN_TYPE,
+            amount_mist: mist.parse()?,
+            checkpointed: true,
+            succeeded: true,
+        });
+        println!("{digest}");
+    }
+    ledger.serve(tokio::net::TcpListener::bind(listen).await?);
+    eprintln!("stand-in Sui ledger on http://{listen}");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+fn sui_sign(seed: &str, message: &str) -> anyhow::Result<()> {
+    let bytes: Vec<u8> = (0..seed.len())
+        .step_by(2)
+        .map(|i| {
+            seed.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .filter(|b: &Vec<u8>| b.len() == 32)
+        .ok_or_else(|| anyhow::anyhow!("--seed must be 64 hex digits"))?;
+    let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&bytes)
+        .map_err(|_| anyhow::anyhow!("not an Ed25519 seed"))?;
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&key)
+        .as_ref()
+        .try_into()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "address": quintet::market::sui::ed25519_address(&public),
+            "signature": quintet::market::sui::sign_personal_message(&key, message.as_bytes()),
+        })
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod oidc;
 pub mod payment;
 pub mod purchases;
 pub mod queries;
+pub mod standin_ledger;
 pub mod sui;
 
 use std::path::Path;

@@ -3,25 +3,23 @@
 //! a stand-in OpenAI-compatible endpoint, both on loopback.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use quintet::{
-    market::{crypto, payment::SUI_COIN_TYPE, sui as sui_proof},
-    proto::{
-        quintet::market::v1::{self as pb},
-        sui::rpc::v2::{
-            self as sui,
-            ledger_service_server::{LedgerService, LedgerServiceServer},
-        },
+    market::{
+        crypto,
+        payment::SUI_COIN_TYPE,
+        standin_ledger::{StandInLedger, Transfer},
+        sui as sui_proof,
     },
+    proto::quintet::market::v1::{self as pb},
 };
 use ring::{agreement, rand::SystemRandom, signature::Ed25519KeyPair};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 use crate::{
     harness::{authed, field_of, reason_of},
@@ -31,52 +29,16 @@ use crate::{
 const ESCROW: &str = "0x00000000000000000000000000000000000000000000000000000000000e5c40";
 const SUI: i64 = 1_000_000_000;
 
-/// The stand-in ledger: answers GetTransaction from what the test put in.
-#[derive(Clone, Default)]
-struct Ledger {
-    transactions: Arc<Mutex<HashMap<String, sui::ExecutedTransaction>>>,
-}
-
-#[tonic::async_trait]
-impl LedgerService for Ledger {
-    async fn get_transaction(
-        &self,
-        request: Request<sui::GetTransactionRequest>,
-    ) -> Result<Response<sui::GetTransactionResponse>, Status> {
-        let request = request.into_inner();
-        // Like the real node, fields come back only if the read mask asks for them.
-        let mask = request.read_mask.map(|m| m.paths).unwrap_or_default();
-        for needed in [
-            "transaction.sender",
-            "effects.status",
-            "checkpoint",
-            "balance_changes",
-        ] {
-            assert!(mask.iter().any(|p| p == needed), "read mask lacks {needed}");
-        }
-        let digest = request.digest.unwrap_or_default();
-        match self.transactions.lock().unwrap().get(&digest) {
-            Some(tx) => Ok(Response::new(sui::GetTransactionResponse {
-                transaction: Some(tx.clone()),
-            })),
-            None => Err(Status::not_found(format!("transaction {digest} not found"))),
-        }
-    }
-}
+/// The stand-in ledger, with the tests' shorthand.
+struct Ledger(StandInLedger);
 
 impl Ledger {
     async fn start() -> (Self, String) {
-        let ledger = Ledger::default();
+        let ledger = StandInLedger::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let service = LedgerServiceServer::new(ledger.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-        });
-        (ledger, url)
+        ledger.serve(listener);
+        (Ledger(ledger), url)
     }
 
     /// Records a transaction from `sender` moving `amount` MIST of `coin` to `to`; returns its
@@ -90,9 +52,8 @@ impl Ledger {
         final_: bool,
         ok: bool,
     ) -> String {
-        let digest = bs58::encode(crypto::random_key()).into_string();
-        self.put(&digest, sender, to, coin, amount, final_, ok);
-        digest
+        self.0
+            .transfer(&transfer(sender, to, coin, amount, final_, ok))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -106,38 +67,26 @@ impl Ledger {
         final_: bool,
         ok: bool,
     ) {
-        let tx = sui::ExecutedTransaction {
-            digest: Some(digest.to_owned()),
-            transaction: Some(sui::Transaction {
-                sender: Some(sender.to_owned()),
-            }),
-            effects: Some(sui::TransactionEffects {
-                status: Some(sui::ExecutionStatus {
-                    success: Some(ok),
-                    error: (!ok).then(|| sui::ExecutionError {
-                        description: Some("InsufficientGas".into()),
-                    }),
-                }),
-            }),
-            checkpoint: final_.then_some(1234),
-            timestamp: None,
-            balance_changes: vec![
-                sui::BalanceChange {
-                    address: Some(sender.to_owned()),
-                    coin_type: Some("0x2::sui::SUI".into()),
-                    amount: Some(format!("-{}", amount + 1_000_000)),
-                },
-                sui::BalanceChange {
-                    address: Some(to.to_owned()),
-                    coin_type: Some(coin.to_owned()),
-                    amount: Some(amount.to_string()),
-                },
-            ],
-        };
-        self.transactions
-            .lock()
-            .unwrap()
-            .insert(digest.to_owned(), tx);
+        self.0
+            .put(digest, &transfer(sender, to, coin, amount, final_, ok))
+    }
+}
+
+fn transfer<'a>(
+    sender: &'a str,
+    recipient: &'a str,
+    coin_type: &'a str,
+    amount_mist: i64,
+    checkpointed: bool,
+    succeeded: bool,
+) -> Transfer<'a> {
+    Transfer {
+        sender,
+        recipient,
+        coin_type,
+        amount_mist,
+        checkpointed,
+        succeeded,
     }
 }
 
