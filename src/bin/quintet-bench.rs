@@ -1448,13 +1448,7 @@ async fn sui_ledger(listen: SocketAddr, payments: &[String]) -> anyhow::Result<(
 }
 
 fn sui_sign(seed: &str, message: &str) -> anyhow::Result<()> {
-    let bytes: Vec<u8> = (0..seed.len())
-        .step_by(2)
-        .map(|i| {
-            seed.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()
+    let bytes: Vec<u8> = quintet::market::crypto::from_hex(seed)
         .filter(|b: &Vec<u8>| b.len() == 32)
         .ok_or_else(|| anyhow::anyhow!("--seed must be 64 hex digits"))?;
     let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&bytes)

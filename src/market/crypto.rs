@@ -25,6 +25,22 @@ pub const TAG: usize = 16;
 const AAD_PREFIX: &[u8] = b"quintet.market.dataset.v1";
 const KEY_AAD_PREFIX: &[u8] = b"quintet.market.key.v1";
 
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex digits; `None` if `text` is not an even number of them.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
+}
+
 /// 32 random bytes.
 pub fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];

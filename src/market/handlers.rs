@@ -75,10 +75,6 @@ fn parse_id(field: &str, text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|_| Error::invalid_argument(field, "not a UUID"))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn check_title(title: &str) -> Result<()> {
     let length = title.chars().count();
     if length == 0 || length > 255 {
@@ -218,7 +214,7 @@ impl market_service_server::MarketService for MarketService {
             return Err(Error::invalid_argument("id_token", "required").into());
         }
         let identity = self.oidc.verify(token).await?;
-        let salt = hex(&crypto::random_key());
+        let salt = crypto::to_hex(&crypto::random_key());
         let session = generate_token("qmkt_");
         let expires_at = time::OffsetDateTime::now_utc() + time::Duration::days(SESSION_DAYS);
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
@@ -349,7 +345,11 @@ impl market_service_server::MarketService for MarketService {
             let hash =
                 std::mem::replace(&mut state.plaintext, digest::Context::new(&digest::SHA256))
                     .finish();
-            (hex(hash.as_ref()), state.size, state.inference.take())
+            (
+                crypto::to_hex(hash.as_ref()),
+                state.size,
+                state.inference.take(),
+            )
         };
         let (schema, sample) = inference.map(Inference::finish).unwrap_or((None, None));
         let id = Uuid::now_v7();
@@ -359,8 +359,8 @@ impl market_service_server::MarketService for MarketService {
             blob_id: stored.sha256.to_hex(),
             storage_size: stored.size as i64,
             wrapped_key: self.master_key.wrap(&key, id.as_bytes()),
-            encryption_key_hash: hex(digest::digest(&digest::SHA256, &key).as_ref()),
-            encryption_iv: hex(&nonce),
+            encryption_key_hash: crypto::to_hex(digest::digest(&digest::SHA256, &key).as_ref()),
+            encryption_iv: crypto::to_hex(&nonce),
             file_type,
             file_size: file_size as i64,
             data_hash,
@@ -821,7 +821,7 @@ impl market_service_server::MarketService for MarketService {
         let sha256 = Sha256::from_hex(&delivery.blob_id).ok_or_else(|| {
             Error::internal(anyhow::anyhow!("dataset blob id {:?}", delivery.blob_id))
         })?;
-        let base_nonce = unhex(&delivery.encryption_iv)
+        let base_nonce = crypto::from_hex(&delivery.encryption_iv)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("dataset iv is not hex")))?;
         let (size, bytes) = self.blobs.get(&sha256).await?;
         queries::log_download(&self.pool, id, caller.id, delivery.datapod_id).await?;
@@ -1215,16 +1215,6 @@ fn check_comment(comment: &str) -> Result<Option<&str>> {
 fn timestamp_text(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect()
 }
 
 /// What the model is told about a datapod a question is about.

@@ -44,10 +44,7 @@ pub async fn load_master_key(
                 Ok(text) => text.trim().to_owned(),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-                    let text: String = crypto::random_key()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
+                    let text = crypto::to_hex(&crypto::random_key());
                     std::fs::create_dir_all(data_dir)?;
                     // Written whole under a temporary name, then linked into place: a crash
                     // leaves no half-written key, and of two processes starting at once the
@@ -87,13 +84,7 @@ pub async fn load_master_key(
             }
         }
     };
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()
+    let bytes: Vec<u8> = crypto::from_hex(&text)
         .filter(|b: &Vec<u8>| b.len() == 32)
         .context("the market master key must be 64 hex digits (32 bytes)")?;
     let key = crypto::MasterKey::from_bytes(bytes.try_into().expect("32 bytes"));
