@@ -260,6 +260,35 @@ pub struct Config {
     )]
     pub market_ai_messages_per_minute: u32,
 
+    /// The PDS's public URL: published as every account's PDS endpoint in its DID document, and
+    /// the audience (`did:web:<host>`) of its session tokens.
+    #[arg(
+        long,
+        env = "QUINTET_PDS_PUBLIC_URL",
+        default_value = "http://localhost:50051",
+        global = true
+    )]
+    pub pds_public_url: String,
+
+    /// Handle suffixes PDS accounts may take, comma-separated (e.g. `.example.com`); empty: any.
+    #[arg(
+        long,
+        env = "QUINTET_PDS_HANDLE_DOMAINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub pds_handle_domains: Vec<String>,
+
+    /// The PDS's master key (64 hex digits) wrapping account keys; every replica needs the same.
+    /// Unset: generated once into `<data dir>/pds-master-key` (mode 0600).
+    #[arg(
+        long,
+        env = "QUINTET_PDS_MASTER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub pds_master_key: Option<Secret>,
+
     /// Installation workers each server process runs (0: this process runs no jobs).
     #[arg(
         long,

@@ -22,6 +22,11 @@ pub mod quintet {
             tonic::include_proto!("quintet.market.v1");
         }
     }
+    pub mod pds {
+        pub mod v1 {
+            tonic::include_proto!("quintet.pds.v1");
+        }
+    }
     pub mod registry {
         pub mod v1 {
             tonic::include_proto!("quintet.registry.v1");

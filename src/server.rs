@@ -32,6 +32,7 @@ use crate::{
             admin::v1::admin_service_server::AdminServiceServer,
             griot::v1::griot_service_server::GriotServiceServer,
             market::v1::market_service_server::MarketServiceServer,
+            pds::v1::pds_service_server::PdsServiceServer,
             registry::v1::registry_service_server::RegistryServiceServer,
             store::v1::store_service_server::StoreServiceServer,
         },
@@ -151,6 +152,7 @@ pub async fn start(
             "quintet.store.v1.StoreService",
             "quintet.griot.v1.GriotService",
             "quintet.market.v1.MarketService",
+            "quintet.pds.v1.PdsService",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
@@ -342,6 +344,42 @@ pub async fn start(
         .accept_compressed(gzip)
         .send_compressed(gzip);
 
+    let pds_audience = url::Url::parse(&config.pds_public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| format!("did:web:{h}")))
+        .context("QUINTET_PDS_PUBLIC_URL is not a URL with a host")?;
+    let pds = crate::pds::PdsService {
+        pool: pool.clone(),
+        master_key: crate::master_key::load(
+            &pool,
+            crate::master_key::Purpose::Pds,
+            config.pds_master_key.as_ref(),
+            &config.data_dir,
+        )
+        .await?,
+        jwt: crate::pds::tokens::JwtKeys::load(&pool, &pds_audience).await?,
+        admin: shared.admin.clone(),
+        page_tokens: shared.page_tokens.clone(),
+        endpoint: config.pds_public_url.trim_end_matches('/').to_owned(),
+        handle_domains: config
+            .pds_handle_domains
+            .iter()
+            .filter(|d| !d.is_empty())
+            .map(|d| d.to_lowercase())
+            .collect(),
+        shutdown: shutdown.clone(),
+    };
+    let collector = pds.clone();
+    spawn_hourly_collector("pds sessions", shutdown.clone(), move || {
+        let collector = collector.clone();
+        async move { collector.collect_garbage().await }
+    });
+    let pds_service = PdsServiceServer::new(pds)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .accept_compressed(gzip)
+        .send_compressed(gzip);
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -386,7 +424,8 @@ pub async fn start(
         .add_service(registry_service)
         .add_service(store_service)
         .add_service(griot_service)
-        .add_service(market_service);
+        .add_service(market_service)
+        .add_service(pds_service);
 
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();

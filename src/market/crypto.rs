@@ -23,23 +23,8 @@ pub const SEGMENT: usize = 64 * 1024;
 /// Bytes each segment grows by.
 pub const TAG: usize = 16;
 const AAD_PREFIX: &[u8] = b"quintet.market.dataset.v1";
-const KEY_AAD_PREFIX: &[u8] = b"quintet.market.key.v1";
 
-/// Lowercase hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes from hex digits; `None` if `text` is not an even number of them.
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect()
-}
+pub use crate::hex::{from_hex, to_hex};
 
 /// 32 random bytes.
 pub fn random_key() -> [u8; 32] {
@@ -158,66 +143,8 @@ pub fn decrypt(key: &[u8; 32], base_nonce: [u8; NONCE_LEN], ciphertext: &[u8]) -
     }
 }
 
-/// The master key that wraps dataset keys.
-#[derive(Clone)]
-pub struct MasterKey([u8; 32]);
-
-impl std::fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(..)")
-    }
-}
-
-impl MasterKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        MasterKey(bytes)
-    }
-
-    /// A value that shows whether two replicas hold the same key without revealing it.
-    pub fn check_value(&self) -> Vec<u8> {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
-        ring::hmac::sign(&key, b"quintet market master key check v1")
-            .as_ref()
-            .to_vec()
-    }
-
-    fn aad(context: &[u8]) -> Vec<u8> {
-        [KEY_AAD_PREFIX, context].concat()
-    }
-
-    /// Wraps a dataset key, bound to `context` (the dataset id).
-    pub fn wrap(&self, key: &[u8; 32], context: &[u8]) -> Vec<u8> {
-        let nonce = random_nonce();
-        let mut sealed = key.to_vec();
-        aes(&self.0)
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(context)),
-                &mut sealed,
-            )
-            .expect("AES-GCM sealing of 32 bytes");
-        [&nonce[..], &sealed].concat()
-    }
-
-    /// Unwraps a dataset key; DATA_LOSS if it was not wrapped by this key for this context.
-    pub fn unwrap(&self, wrapped: &[u8], context: &[u8]) -> Result<[u8; 32]> {
-        if wrapped.len() != NONCE_LEN + 32 + TAG {
-            return Err(Error::DataLoss("a wrapped key has the wrong length".into()));
-        }
-        let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
-        let mut buffer = sealed.to_vec();
-        let key = aes(&self.0)
-            .open_in_place(
-                Nonce::try_assume_unique_for_key(nonce).expect("12 bytes"),
-                Aad::from(Self::aad(context)),
-                &mut buffer,
-            )
-            .map_err(|_| {
-                Error::DataLoss("a wrapped key does not unwrap with the master key".into())
-            })?;
-        Ok(key.try_into().expect("32 bytes"))
-    }
-}
+/// The master key that wraps dataset keys (`quintet.market.key.v1` || dataset id as AAD).
+pub use crate::master_key::MasterKey;
 
 /// The HKDF `info` prefix of keys wrapped for buyers.
 const BUYER_KEY_INFO: &[u8] = b"quintet.market.buyer-key.v1";
@@ -367,12 +294,12 @@ mod tests {
 
     #[test]
     fn wrapped_keys_unwrap_only_with_their_master_and_context() {
-        let master = MasterKey::from_bytes(random_key());
+        let master = MasterKey::from_bytes(crate::master_key::Purpose::Market, random_key());
         let key = random_key();
         let wrapped = master.wrap(&key, b"dataset-1");
         assert_eq!(master.unwrap(&wrapped, b"dataset-1").unwrap(), key);
         assert!(master.unwrap(&wrapped, b"dataset-2").is_err());
-        let other = MasterKey::from_bytes(random_key());
+        let other = MasterKey::from_bytes(crate::master_key::Purpose::Market, random_key());
         assert!(other.unwrap(&wrapped, b"dataset-1").is_err());
         assert_ne!(master.check_value(), other.check_value());
         assert!(!format!("{master:?}").contains(&format!("{}", key[0])));

@@ -235,6 +235,7 @@ fn test_config(data_dir: PathBuf) -> Config {
     config.blob_url = None;
     // Replicas of one database must share the market's master key.
     config.market_master_key = Some(Secret::new("7".repeat(64)));
+    config.pds_master_key = Some(Secret::new("8".repeat(64)));
     config.metrics_listen = None;
     config.shutdown_grace_secs = 2;
     config

@@ -6,6 +6,8 @@ mod griot;
 mod harness;
 mod market;
 mod market_purchases;
+mod pds;
+mod pds_vectors;
 mod registry;
 mod shared_blocks;
 mod store;

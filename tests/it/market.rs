@@ -511,7 +511,7 @@ async fn uploads_are_encrypted_at_rest_with_an_inferred_schema() {
     .await
     .unwrap();
     let id = uuid::Uuid::parse_str(&dataset.id).unwrap();
-    let key = MasterKey::from_bytes(TEST_MASTER_KEY)
+    let key = MasterKey::from_bytes(quintet::master_key::Purpose::Market, TEST_MASTER_KEY)
         .unwrap(&wrapped, id.as_bytes())
         .unwrap();
     assert_eq!(

@@ -1,0 +1,357 @@
+//! Repository writes and exports. A write takes the repository's row lock (so writes to one
+//! repository are serialised across replicas, never lost), applies its operations to the MST,
+//! signs a new commit (version 3: `did`, `data`, `rev`, `prev`, `sig` = ECDSA secp256k1, low-S,
+//! over the DAG-CBOR of the unsigned commit), and stores the new blocks, the records listing and
+//! the new head in the same transaction.
+
+use std::collections::BTreeMap;
+
+use cid::Cid;
+use futures::future::BoxFuture;
+use ipld_core::ipld::Ipld;
+use sqlx::{PgConnection, PgPool};
+
+use super::{
+    car, data,
+    keys::SigningKey,
+    mst::{Mst, Node, NodeSource},
+    queries, syntax,
+};
+use crate::error::{Error, Result};
+
+/// Largest record, as DAG-CBOR.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Reads a repository's stored MST nodes through the writing transaction's connection (so a
+/// write needs one connection however many writers wait for the repository's lock).
+pub struct StoredNodes<'a> {
+    pub connection: tokio::sync::Mutex<&'a mut PgConnection>,
+    pub did: &'a str,
+}
+
+impl NodeSource for StoredNodes<'_> {
+    fn node(&self, cid: Cid) -> BoxFuture<'_, Result<Node>> {
+        Box::pin(async move {
+            let mut connection = self.connection.lock().await;
+            let bytes = queries::block(&mut **connection, self.did, &cid.to_string())
+                .await?
+                .ok_or_else(|| Error::DataLoss(format!("block {cid} is missing")))?;
+            Node::from_ipld(&data::decode(&bytes).map_err(|e| Error::DataLoss(e.0))?)
+                .map_err(|e| Error::DataLoss(e.0))
+        })
+    }
+}
+
+/// One change of a write.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Fails if the key exists.
+    Create {
+        collection: String,
+        rkey: String,
+        record: Ipld,
+    },
+    /// Creates or replaces; `swap` is the CID the record must have now (`Some(None)`: must not
+    /// exist).
+    Put {
+        collection: String,
+        rkey: String,
+        record: Ipld,
+        swap: Option<Option<Cid>>,
+    },
+    Delete {
+        collection: String,
+        rkey: String,
+        swap: Option<Option<Cid>>,
+    },
+}
+
+/// What an operation did: the record's path and CID (`None` for deletes).
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub collection: String,
+    pub rkey: String,
+    pub cid: Option<Cid>,
+}
+
+/// A new head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub cid: Cid,
+    pub rev: String,
+}
+
+/// Checks a record against its collection: an object whose `$type` is the collection, at most
+/// [`MAX_RECORD_BYTES`] encoded.
+pub fn check_record(field: &str, collection: &str, record: &Ipld) -> Result<()> {
+    let Ipld::Map(map) = record else {
+        return Err(Error::invalid_argument(field, "a record is an object"));
+    };
+    match map.get("$type") {
+        Some(Ipld::String(t)) if t == collection => {}
+        _ => {
+            return Err(Error::invalid_argument(
+                format!("{field}.$type"),
+                format!("must be the collection, {collection:?}"),
+            ));
+        }
+    }
+    if data::encode(record).len() > MAX_RECORD_BYTES {
+        return Err(Error::invalid_argument(
+            field,
+            format!("larger than {MAX_RECORD_BYTES} bytes as DAG-CBOR"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a collection and record key.
+pub fn check_path(collection: &str, rkey: &str) -> Result<()> {
+    if !syntax::is_nsid(collection) {
+        return Err(Error::invalid_argument("collection", "not an NSID"));
+    }
+    if !syntax::is_record_key(rkey) {
+        return Err(Error::invalid_argument("rkey", "not a record key"));
+    }
+    Ok(())
+}
+
+/// A signed commit block for `data` at `rev`.
+pub fn sign_commit(did: &str, data_root: Cid, rev: &str, key: &SigningKey) -> (Cid, Vec<u8>) {
+    let mut commit = BTreeMap::from([
+        ("did".to_owned(), Ipld::String(did.to_owned())),
+        ("version".to_owned(), Ipld::Integer(3)),
+        ("data".to_owned(), Ipld::Link(data_root)),
+        ("rev".to_owned(), Ipld::String(rev.to_owned())),
+        ("prev".to_owned(), Ipld::Null),
+    ]);
+    let signature = key.sign(&data::encode(&Ipld::Map(commit.clone())));
+    commit.insert("sig".to_owned(), Ipld::Bytes(signature.to_vec()));
+    data::block(&Ipld::Map(commit))
+}
+
+/// The `data` root of a stored commit.
+pub async fn commit_data<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    did: &str,
+    commit: &Cid,
+) -> Result<Cid> {
+    let bytes = queries::block(executor, did, &commit.to_string())
+        .await?
+        .ok_or_else(|| Error::DataLoss(format!("commit {commit} is missing")))?;
+    match data::decode(&bytes).map_err(|e| Error::DataLoss(e.0))? {
+        Ipld::Map(map) => match map.get("data") {
+            Some(Ipld::Link(cid)) => Ok(*cid),
+            _ => Err(Error::DataLoss(format!("commit {commit} has no data"))),
+        },
+        _ => Err(Error::DataLoss(format!("commit {commit} is not a map"))),
+    }
+}
+
+/// Creates a repository's first commit (an empty tree) inside the account's transaction.
+pub async fn create_empty(tx: &mut PgConnection, did: &str, key: &SigningKey) -> Result<Head> {
+    struct NoNodes;
+    impl NodeSource for NoNodes {
+        fn node(&self, cid: Cid) -> BoxFuture<'_, Result<Node>> {
+            Box::pin(async move { Err(Error::DataLoss(format!("block {cid} is missing"))) })
+        }
+    }
+    let mut mst = Mst::new(&NoNodes);
+    let root = mst.empty_root();
+    let rev = syntax::next_tid(None);
+    let (cid, bytes) = sign_commit(did, root, &rev, key);
+    let mut blocks = mst.new_blocks(root);
+    blocks.push((cid, bytes));
+    queries::insert_blocks(&mut *tx, did, &rev, &blocks).await?;
+    queries::insert_repo(&mut *tx, did, &cid.to_string(), &rev).await?;
+    Ok(Head { cid, rev })
+}
+
+/// Applies `ops` in one commit. `swap_commit`: the head the caller expects.
+pub async fn apply(
+    pool: &PgPool,
+    did: &str,
+    key: &SigningKey,
+    ops: Vec<Op>,
+    swap_commit: Option<Cid>,
+) -> Result<(Head, Vec<Applied>)> {
+    let mut tx = pool.begin().await?;
+    let (head, old_rev) = queries::lock_repo(&mut tx, did)
+        .await?
+        .ok_or_else(|| Error::not_found("repo", did))?;
+    let head = data::parse_cid(&head).map_err(|e| Error::DataLoss(e.0))?;
+    if let Some(expected) = swap_commit
+        && expected != head
+    {
+        return Err(Error::failed_precondition(
+            "INVALID_SWAP",
+            did,
+            format!("the repository's head is {head}, not {expected}"),
+        ));
+    }
+    let mut root = commit_data(&mut *tx, did, &head).await?;
+    let source = StoredNodes {
+        connection: tokio::sync::Mutex::new(&mut *tx),
+        did,
+    };
+    let mut mst = Mst::new(&source);
+    let mut record_blocks = Vec::new();
+    let mut applied = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (collection, rkey) = match &op {
+            Op::Create {
+                collection, rkey, ..
+            }
+            | Op::Put {
+                collection, rkey, ..
+            }
+            | Op::Delete {
+                collection, rkey, ..
+            } => (collection.clone(), rkey.clone()),
+        };
+        let path = format!("{collection}/{rkey}");
+        let existing = mst.get(root, path.as_bytes()).await?;
+        let swap = match &op {
+            Op::Put { swap, .. } | Op::Delete { swap, .. } => *swap,
+            Op::Create { .. } => None,
+        };
+        if let Some(expected) = swap
+            && expected != existing
+        {
+            return Err(Error::failed_precondition(
+                "INVALID_SWAP",
+                format!("at://{did}/{path}"),
+                format!(
+                    "the record is {}, not {}",
+                    existing.map_or("absent".into(), |c| c.to_string()),
+                    expected.map_or("absent".into(), |c| c.to_string())
+                ),
+            ));
+        }
+        if matches!(op, Op::Create { .. }) && existing.is_some() {
+            return Err(Error::already_exists(
+                "record",
+                format!("at://{did}/{path}"),
+            ));
+        }
+        let cid = match op {
+            Op::Create { record, .. } | Op::Put { record, .. } => {
+                let (cid, bytes) = data::block(&record);
+                record_blocks.push((cid, bytes));
+                Some(cid)
+            }
+            Op::Delete { .. } => None,
+        };
+        applied.push(Applied {
+            collection,
+            rkey,
+            cid,
+        });
+        root = match cid {
+            Some(cid) => mst.put(root, path.as_bytes(), cid).await?,
+            None => {
+                if existing.is_none() {
+                    return Err(Error::not_found("record", format!("at://{did}/{path}")));
+                }
+                mst.delete(root, path.as_bytes()).await?
+            }
+        };
+    }
+    let rev = syntax::next_tid(Some(&old_rev));
+    let (commit, commit_bytes) = sign_commit(did, root, &rev, key);
+    let mut blocks = mst.new_blocks(root);
+    // The tree's reads borrowed the transaction; the writes below need it back.
+    drop(mst);
+    blocks.extend(record_blocks);
+    blocks.push((commit, commit_bytes));
+    queries::insert_blocks(&mut *tx, did, &rev, &blocks).await?;
+    for write in &applied {
+        match write.cid {
+            Some(cid) => {
+                queries::upsert_record(
+                    &mut *tx,
+                    did,
+                    &write.collection,
+                    &write.rkey,
+                    &cid.to_string(),
+                    &rev,
+                )
+                .await?
+            }
+            None => queries::delete_record(&mut *tx, did, &write.collection, &write.rkey).await?,
+        }
+    }
+    queries::update_repo(&mut *tx, did, &commit.to_string(), &rev).await?;
+    tx.commit().await?;
+    Ok((Head { cid: commit, rev }, applied))
+}
+
+/// How many blocks an export reads per query.
+const EXPORT_BATCH: usize = 512;
+
+/// Streams a repository as a CAR file: the header, the commit, then the tree and its records
+/// depth first, read from the database a batch at a time. `emit` gets each piece; it returns
+/// false when the reader has gone.
+pub async fn export<F, Fut>(pool: &PgPool, did: &str, head: Cid, mut emit: F) -> Result<()>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !emit(car::header(&head)).await {
+        return Ok(());
+    }
+    let mut pending = vec![head];
+    let mut first = true;
+    // Records may repeat under several keys; each block goes out once.
+    let mut records_sent = std::collections::HashSet::new();
+    while !pending.is_empty() {
+        let take = pending.len().min(EXPORT_BATCH);
+        let batch: Vec<Cid> = pending.split_off(pending.len() - take);
+        let texts: Vec<String> = batch.iter().map(Cid::to_string).collect();
+        let found = queries::blocks(pool, did, &texts).await?;
+        let mut out = Vec::new();
+        for cid in &batch {
+            let bytes = found
+                .get(&cid.to_string())
+                .ok_or_else(|| Error::DataLoss(format!("block {cid} is missing")))?;
+            out.extend(car::block(cid, bytes));
+            if first {
+                first = false;
+                pending.push(commit_data_of(bytes)?);
+                continue;
+            }
+            let value = data::decode(bytes).map_err(|e| Error::DataLoss(e.0))?;
+            if !is_node(&value) {
+                continue;
+            }
+            let node = Node::from_ipld(&value).map_err(|e| Error::DataLoss(e.0))?;
+            pending.extend(node.left);
+            for entry in &node.entries {
+                pending.extend(entry.right);
+                if records_sent.insert(entry.value) {
+                    pending.push(entry.value);
+                }
+            }
+        }
+        if !emit(out).await {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn commit_data_of(bytes: &[u8]) -> Result<Cid> {
+    match data::decode(bytes).map_err(|e| Error::DataLoss(e.0))? {
+        Ipld::Map(map) => match map.get("data") {
+            Some(Ipld::Link(cid)) => Ok(*cid),
+            _ => Err(Error::DataLoss("the commit has no data".into())),
+        },
+        _ => Err(Error::DataLoss("the commit is not a map".into())),
+    }
+}
+
+/// Whether a value is shaped as an MST node (exactly the keys `e` and `l`), not a record that
+/// happens to decode as one.
+fn is_node(value: &Ipld) -> bool {
+    matches!(value, Ipld::Map(map) if map.len() == 2 && map.contains_key("e") && map.contains_key("l"))
+}
