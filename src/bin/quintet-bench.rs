@@ -34,6 +34,24 @@ struct Cli {
 enum BenchCommand {
     /// Drive a scenario against a server and report throughput and latency.
     Run(RunArgs),
+    /// PDS: record writes per second to one repository and to many in parallel, GetRecord
+    /// latency, and the export (GetRepo) of a repository of `records` records.
+    Pds {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Records in the repository that is read and exported.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Repositories written in parallel.
+        #[arg(long, default_value_t = 64)]
+        repos: usize,
+        /// Seconds each write and read phase runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Server process to report the peak RSS (VmHWM) of.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// A stand-in Sui full node for trying market purchases without a chain: records one
     /// transfer per `--pay SENDER:RECIPIENT:MIST` (SUI, successful, checkpointed), prints each
     /// one's digest, and serves them on the ledger API until stopped.
@@ -213,6 +231,22 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        BenchCommand::Pds {
+            target,
+            records,
+            repos,
+            seconds,
+            server_pid,
+        } => {
+            pds_bench(
+                &target,
+                records,
+                repos,
+                Duration::from_secs(seconds),
+                server_pid,
+            )
+            .await
+        }
         BenchCommand::SuiLedger { listen, payments } => sui_ledger(listen, &payments).await,
         BenchCommand::SuiSign { seed, message } => sui_sign(&seed, &message),
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
@@ -1463,5 +1497,213 @@ fn sui_sign(seed: &str, message: &str) -> anyhow::Result<()> {
             "signature": quintet::market::sui::sign_personal_message(&key, message.as_bytes()),
         })
     );
+    Ok(())
+}
+
+type PdsClient = quintet::proto::quintet::pds::v1::pds_service_client::PdsServiceClient<Channel>;
+
+/// Creates a PDS account; returns (did, access token).
+async fn pds_account(client: &mut PdsClient, handle: &str) -> anyhow::Result<(String, String)> {
+    use quintet::proto::quintet::pds::v1 as pb;
+    let session = client
+        .create_account(pb::CreateAccountRequest {
+            handle: handle.into(),
+            email: format!("{}@bench.test", handle.replace('.', "-")),
+            password: "bench password".into(),
+        })
+        .await?
+        .into_inner()
+        .session
+        .ok_or_else(|| anyhow::anyhow!("no session"))?;
+    Ok((session.did, session.access_jwt))
+}
+
+fn pds_post(i: usize) -> Option<prost_types::Struct> {
+    quintet::proto::json_to_struct(&serde_json::json!({
+        "$type": "app.bsky.feed.post",
+        "text": format!("benchmark post number {i}, with a little text to make it realistic"),
+        "createdAt": "2026-11-24T00:00:00.000Z",
+    }))
+}
+
+/// Single CreateRecord calls from `clients` tasks, each writing to repository `i % repos`, for
+/// `duration`: writes/s and latency.
+async fn pds_writes(
+    channel: &Channel,
+    repos: &[(String, String)],
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    use quintet::proto::quintet::pds::v1 as pb;
+    let stop = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = PdsClient::new(channel.clone());
+        let (did, token) = repos[c % repos.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+            let mut i = 0;
+            while Instant::now() < stop {
+                let started = Instant::now();
+                client
+                    .create_record(auth(
+                        pb::CreateRecordRequest {
+                            repo: did.clone(),
+                            collection: "app.bsky.feed.post".into(),
+                            record: pds_post(i),
+                            ..Default::default()
+                        },
+                        &token,
+                    ))
+                    .await?;
+                histogram.record(started.elapsed().as_micros() as u64)?;
+                i += 1;
+            }
+            anyhow::Ok(histogram)
+        }));
+    }
+    let started = Instant::now();
+    let mut total = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        total.add(task.await??)?;
+    }
+    Ok((total.len() as f64 / started.elapsed().as_secs_f64(), total))
+}
+
+fn latency_line(histogram: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms",
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0
+    )
+}
+
+async fn pds_bench(
+    target: &str,
+    records: usize,
+    repo_count: usize,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    use quintet::proto::quintet::pds::v1 as pb;
+    let channel = Channel::from_shared(target.to_owned())?.connect().await?;
+    let mut client = PdsClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    let run = unix_micros() % 1_000_000;
+
+    // Writes to one repository (serialised by its lock), from 4 clients to keep it busy.
+    let one = vec![pds_account(&mut client, &format!("one{run}.bench.test")).await?];
+    let (rate, histogram) = pds_writes(&channel, &one, 4, duration).await?;
+    println!(
+        "CreateRecord, one repository, 4 clients: {rate:.0} writes/s, {}",
+        latency_line(&histogram)
+    );
+
+    // Writes to many repositories at once, one client each.
+    let mut many = Vec::new();
+    for r in 0..repo_count {
+        many.push(pds_account(&mut client, &format!("r{r}x{run}.bench.test")).await?);
+    }
+    let (rate, histogram) = pds_writes(&channel, &many, repo_count, duration).await?;
+    println!(
+        "CreateRecord, {repo_count} repositories in parallel: {rate:.0} writes/s, {}",
+        latency_line(&histogram)
+    );
+
+    // A repository of `records` records, filled in batches of 200.
+    let (did, token) = pds_account(&mut client, &format!("big{run}.bench.test")).await?;
+    let started = Instant::now();
+    let batches: Vec<Vec<pb::Write>> = (0..records)
+        .collect::<Vec<_>>()
+        .chunks(200)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|i| pb::Write {
+                    action: Some(pb::write::Action::Create(pb::WriteCreate {
+                        collection: "app.bsky.feed.post".into(),
+                        rkey: format!("p{i:08}"),
+                        value: pds_post(*i),
+                    })),
+                })
+                .collect()
+        })
+        .collect();
+    for writes in batches {
+        client
+            .apply_writes(auth(
+                pb::ApplyWritesRequest {
+                    repo: did.clone(),
+                    writes,
+                    swap_commit: String::new(),
+                },
+                &token,
+            ))
+            .await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "ApplyWrites, 200 records a commit, into one repository: {records} records in {elapsed:.1} s ({:.0} records/s)",
+        records as f64 / elapsed
+    );
+
+    // GetRecord: random keys, 16 clients.
+    let stop = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for c in 0..16u64 {
+        let mut client = PdsClient::new(channel.clone());
+        let did = did.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+            let mut rng = Rng(c * 7919 + 1);
+            while Instant::now() < stop {
+                let key = format!("p{:08}", rng.below(records));
+                let started = Instant::now();
+                client
+                    .get_record(pb::GetRecordRequest {
+                        repo: did.clone(),
+                        collection: "app.bsky.feed.post".into(),
+                        rkey: key,
+                        cid: String::new(),
+                    })
+                    .await?;
+                histogram.record(started.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(histogram)
+        }));
+    }
+    let started = Instant::now();
+    let mut reads = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        reads.add(task.await??)?;
+    }
+    println!(
+        "GetRecord, 16 clients: {:.0} reads/s, {}",
+        reads.len() as f64 / started.elapsed().as_secs_f64(),
+        latency_line(&reads)
+    );
+
+    // The export, counted as it streams: right after the writes, and again once the database
+    // has settled (vacuum, caches).
+    for pass in ["just after the writes", "again"] {
+        let started = Instant::now();
+        let mut stream = client
+            .get_repo(pb::GetRepoRequest { did: did.clone() })
+            .await?
+            .into_inner();
+        let mut file = Vec::new();
+        while let Some(message) = stream.message().await? {
+            file.extend_from_slice(&message.chunk);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let blocks = quintet::pds::car::read(&file)?.blocks.len();
+        println!(
+            "GetRepo of {records} records, {pass}: {:.1} MB in {elapsed:.2} s = {:.1} MB/s, {blocks} blocks = {:.0} blocks/s",
+            file.len() as f64 / 1e6,
+            file.len() as f64 / 1e6 / elapsed,
+            blocks as f64 / elapsed
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    println!("server peak RSS: {}", peak_rss_mib(server_pid));
     Ok(())
 }
