@@ -84,17 +84,24 @@ async fn sign_in(
 /// `token` with its expiry moved into the past, signed again with the server's own key.
 async fn expired_copy(server: &TestServer, token: &str) -> String {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    let pool = sqlx::PgPool::connect_with(server.database.clone()).await.unwrap();
-    let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = 'pds.jwt_key'")
-        .fetch_one(&pool)
+    let pool = sqlx::PgPool::connect_with(server.database.clone())
         .await
         .unwrap();
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = 'pds.jwt_key'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let mut parts = token.split('.');
     let header = parts.next().unwrap();
-    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
     claims["exp"] = json!(time::OffsetDateTime::now_utc().unix_timestamp() - 60);
     let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), signed.as_bytes());
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+        signed.as_bytes(),
+    );
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
 }
 
@@ -259,9 +266,14 @@ async fn accounts_get_a_plc_identity_and_sessions_end_when_they_should() {
         Code::Unauthenticated
     );
     // A token past its expiry is refused, even for a live session and with the right key.
-    let live = sign_in(&server, "alice.test", "correct horse battery").await.unwrap();
+    let live = sign_in(&server, "alice.test", "correct horse battery")
+        .await
+        .unwrap();
     let expired = expired_copy(&server, &live.access_jwt).await;
-    assert_eq!(session_refused(&server, &expired).await, Code::Unauthenticated);
+    assert_eq!(
+        session_refused(&server, &expired).await,
+        Code::Unauthenticated
+    );
     get_session(&server, &live.access_jwt).await.unwrap();
     // A token signed by another server is refused.
     let other = TestServer::start().await;
