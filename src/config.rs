@@ -289,6 +289,15 @@ pub struct Config {
     )]
     pub pds_master_key: Option<Secret>,
 
+    /// Hours the PDS firehose keeps events for replay (older cursors start from the oldest kept).
+    #[arg(
+        long,
+        env = "QUINTET_PDS_FIREHOSE_RETENTION_HOURS",
+        default_value_t = 72,
+        global = true
+    )]
+    pub pds_firehose_retention_hours: i64,
+
     /// Installation workers each server process runs (0: this process runs no jobs).
     #[arg(
         long,

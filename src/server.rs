@@ -49,6 +49,7 @@ const CHANNELS: &[&str] = &[
     crate::griot::JOBS_CHANNEL,
     crate::griot::LOGS_CHANNEL,
     crate::market::PURCHASES_CHANNEL,
+    crate::pds::SEQ_CHANNEL,
 ];
 /// How often the database is probed for the health service.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -367,6 +368,8 @@ pub async fn start(
             .filter(|d| !d.is_empty())
             .map(|d| d.to_lowercase())
             .collect(),
+        notifier: shared.notifier.clone(),
+        retention_hours: config.pds_firehose_retention_hours.max(1),
         shutdown: shutdown.clone(),
     };
     let collector = pds.clone();

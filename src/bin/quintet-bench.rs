@@ -1687,7 +1687,10 @@ async fn pds_bench(
     for pass in ["just after the writes", "again"] {
         let started = Instant::now();
         let mut stream = client
-            .get_repo(pb::GetRepoRequest { did: did.clone() })
+            .get_repo(pb::GetRepoRequest {
+                did: did.clone(),
+                since: String::new(),
+            })
             .await?
             .into_inner();
         let mut file = Vec::new();

@@ -45,6 +45,18 @@ pub fn header(root: &Cid) -> Vec<u8> {
     out
 }
 
+/// A header with no roots (a bag of blocks, as GetBlocks answers).
+pub fn header_without_roots() -> Vec<u8> {
+    let header = data::encode(&Ipld::Map(BTreeMap::from([
+        ("roots".to_owned(), Ipld::List(Vec::new())),
+        ("version".to_owned(), Ipld::Integer(1)),
+    ])));
+    let mut out = Vec::with_capacity(header.len() + 2);
+    varint(header.len() as u64, &mut out);
+    out.extend_from_slice(&header);
+    out
+}
+
 /// One block's section.
 pub fn block(cid: &Cid, bytes: &[u8]) -> Vec<u8> {
     let cid = cid.to_bytes();

@@ -12,23 +12,25 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
-    data,
+    car, data,
     keys::SigningKey,
+    mst::Mst,
     plc, queries,
     queries::AccountRow,
     repo,
     repo::Op,
-    syntax,
+    sequencer, syntax,
     tokens::{self, JwtKeys, Scope},
 };
 use crate::{
     auth::{AdminAuth, require_bearer_token},
     error::{Error, Result},
     master_key::MasterKey,
+    notify::{self, Notifier},
     page_token::{PageTokens, page_size},
     proto::{
         json_to_struct,
-        quintet::pds::v1::{self as pb, pds_service_server},
+        quintet::pds::v1::{self as pb, pds_service_server, subscribe_repos_response::Event},
         struct_to_json, timestamp,
     },
 };
@@ -57,6 +59,9 @@ pub struct PdsService {
     pub endpoint: String,
     /// Handle suffixes accounts may use (empty: any domain).
     pub handle_domains: Vec<String>,
+    pub notifier: Notifier,
+    /// Hours the firehose keeps events.
+    pub retention_hours: i64,
     pub shutdown: CancellationToken,
 }
 
@@ -203,7 +208,31 @@ fn generate_app_password() -> String {
         .join("-")
 }
 
+fn account_event(did: &str, status: &str) -> Event {
+    Event::Account(pb::AccountEvent {
+        did: did.to_owned(),
+        active: status == "active",
+        status: status_enum(status).into(),
+    })
+}
+
+fn identity_event(did: &str, handle: &str) -> Event {
+    Event::Identity(pb::IdentityEvent {
+        did: did.to_owned(),
+        handle: handle.to_owned(),
+    })
+}
+
 impl PdsService {
+    /// Sets an account's status and tells the firehose, together.
+    async fn change_status(&self, did: &str, status: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        queries::set_status(&mut *tx, did, status).await?;
+        sequencer::sequence(&mut tx, did, account_event(did, status)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     fn check_handle(&self, handle: &str) -> Result<String> {
         let handle = handle.trim().to_lowercase();
         if !syntax::is_handle(&handle) {
@@ -469,6 +498,8 @@ impl pds_service_server::PdsService for PdsService {
         })?;
         queries::insert_plc_operation(&mut *tx, &did, 0, &genesis.cid.to_string(), &genesis.bytes)
             .await?;
+        sequencer::sequence(&mut tx, &did, identity_event(&did, &handle)).await?;
+        sequencer::sequence(&mut tx, &did, account_event(&did, "active")).await?;
         repo::create_empty(&mut tx, &did, &signing).await?;
         let account = queries::account(&mut *tx, &did)
             .await?
@@ -638,7 +669,7 @@ impl pds_service_server::PdsService for PdsService {
     ) -> std::result::Result<Response<pb::DeactivateAccountResponse>, Status> {
         let caller = self.caller(&request).await?;
         caller.require_full_access()?;
-        queries::set_status(&self.pool, caller.did(), "deactivated").await?;
+        self.change_status(caller.did(), "deactivated").await?;
         Ok(Response::new(pb::DeactivateAccountResponse {}))
     }
 
@@ -648,7 +679,7 @@ impl pds_service_server::PdsService for PdsService {
     ) -> std::result::Result<Response<pb::ActivateAccountResponse>, Status> {
         let caller = self.caller(&request).await?;
         caller.require_full_access()?;
-        queries::set_status(&self.pool, caller.did(), "active").await?;
+        self.change_status(caller.did(), "active").await?;
         Ok(Response::new(pb::ActivateAccountResponse {}))
     }
 
@@ -664,6 +695,12 @@ impl pds_service_server::PdsService for PdsService {
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         queries::lock_repo(&mut tx, caller.did()).await?;
         queries::delete_account(&mut tx, caller.did()).await?;
+        sequencer::sequence(
+            &mut tx,
+            caller.did(),
+            account_event(caller.did(), "deleted"),
+        )
+        .await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
@@ -707,6 +744,7 @@ impl pds_service_server::PdsService for PdsService {
             &operation.bytes,
         )
         .await?;
+        sequencer::sequence(&mut tx, caller.did(), identity_event(caller.did(), &handle)).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::UpdateHandleResponse {}))
     }
@@ -726,7 +764,7 @@ impl pds_service_server::PdsService for PdsService {
             (false, "takendown") => "active",
             (false, other) => other,
         };
-        queries::set_status(&self.pool, &account.did, status).await?;
+        self.change_status(&account.did, status).await?;
         Ok(Response::new(pb::SetAccountTakedownResponse {}))
     }
 
@@ -943,7 +981,7 @@ impl pds_service_server::PdsService for PdsService {
         &self,
         request: Request<pb::GetRepoRequest>,
     ) -> std::result::Result<Response<Self::GetRepoStream>, Status> {
-        let did = request.into_inner().did;
+        let pb::GetRepoRequest { did, since } = request.into_inner();
         if !syntax::is_did(&did) {
             return Err(Error::invalid_argument("did", "not a DID").into());
         }
@@ -953,6 +991,12 @@ impl pds_service_server::PdsService for PdsService {
             .ok_or_else(|| Error::not_found("repo", did.clone()))?;
         let head = Cid::from_str(&head)
             .map_err(|_| Error::DataLoss("a stored head is not a CID".into()))?;
+        if !since.is_empty() {
+            if !syntax::is_tid(&since) {
+                return Err(Error::invalid_argument("since", "not a revision (TID)").into());
+            }
+            return Ok(Response::new(self.blocks_since(account.did, head, since)));
+        }
         let (tx, rx) = mpsc::channel(4);
         let (pool, shutdown) = (self.pool.clone(), self.shutdown.clone());
         tokio::spawn(async move {
@@ -1054,11 +1098,235 @@ impl pds_service_server::PdsService for PdsService {
             rev,
         }))
     }
+
+    type GetBlocksStream = ResponseStream<pb::GetBlocksResponse>;
+
+    async fn get_blocks(
+        &self,
+        request: Request<pb::GetBlocksRequest>,
+    ) -> std::result::Result<Response<Self::GetBlocksStream>, Status> {
+        let message = request.into_inner();
+        if !syntax::is_did(&message.did) {
+            return Err(Error::invalid_argument("did", "not a DID").into());
+        }
+        if message.cids.is_empty() || message.cids.len() > 1000 {
+            return Err(Error::invalid_argument("cids", "1 to 1,000 CIDs").into());
+        }
+        let mut cids = Vec::with_capacity(message.cids.len());
+        for (i, text) in message.cids.iter().enumerate() {
+            cids.push(
+                data::parse_cid(text)
+                    .map_err(|e| Error::invalid_argument(format!("cids[{i}]"), e.0))?,
+            );
+        }
+        let account = self.readable_repo("did", &message.did).await?;
+        let texts: Vec<String> = cids.iter().map(Cid::to_string).collect();
+        let found = queries::blocks(&self.pool, &account.did, &texts).await?;
+        let mut file = car::header_without_roots();
+        for (cid, text) in cids.iter().zip(&texts) {
+            let bytes = found
+                .get(text)
+                .ok_or_else(|| Error::not_found("block", text.clone()))?;
+            file.extend(car::block(cid, bytes));
+        }
+        Ok(Response::new(chunked(file, |chunk| {
+            pb::GetBlocksResponse { chunk }
+        })))
+    }
+
+    type GetRecordProofStream = ResponseStream<pb::GetRecordProofResponse>;
+
+    async fn get_record_proof(
+        &self,
+        request: Request<pb::GetRecordProofRequest>,
+    ) -> std::result::Result<Response<Self::GetRecordProofStream>, Status> {
+        let message = request.into_inner();
+        if !syntax::is_did(&message.did) {
+            return Err(Error::invalid_argument("did", "not a DID").into());
+        }
+        repo::check_path(&message.collection, &message.rkey)?;
+        let account = self.readable_repo("did", &message.did).await?;
+        let (head, _) = queries::repo(&self.pool, &account.did)
+            .await?
+            .ok_or_else(|| Error::not_found("repo", message.did.clone()))?;
+        let head = Cid::from_str(&head)
+            .map_err(|_| Error::DataLoss("a stored head is not a CID".into()))?;
+        let commit = queries::block(&self.pool, &account.did, &head.to_string())
+            .await?
+            .ok_or_else(|| Error::DataLoss(format!("commit {head} is missing")))?;
+        let root = repo::commit_data(&self.pool, &account.did, &head).await?;
+        let key = format!("{}/{}", message.collection, message.rkey);
+        let mut connection = self.pool.acquire().await.map_err(Error::from)?;
+        let source = repo::StoredNodes {
+            connection: tokio::sync::Mutex::new(&mut *connection),
+            did: &account.did,
+        };
+        let mut tree = Mst::new(&source);
+        let mut file = car::header(&head);
+        file.extend(car::block(&head, &commit));
+        for cid in tree.covering_proof(root, key.as_bytes()).await? {
+            file.extend(car::block(&cid, &tree.node_block(cid).await?));
+        }
+        let record = tree.get(root, key.as_bytes()).await?;
+        drop(tree);
+        if let Some(record) = record {
+            let bytes = queries::block(&self.pool, &account.did, &record.to_string())
+                .await?
+                .ok_or_else(|| Error::DataLoss(format!("record {record} is missing")))?;
+            file.extend(car::block(&record, &bytes));
+        }
+        Ok(Response::new(chunked(file, |chunk| {
+            pb::GetRecordProofResponse { chunk }
+        })))
+    }
+
+    type SubscribeReposStream = ResponseStream<pb::SubscribeReposResponse>;
+
+    async fn subscribe_repos(
+        &self,
+        request: Request<pb::SubscribeReposRequest>,
+    ) -> std::result::Result<Response<Self::SubscribeReposStream>, Status> {
+        let (oldest, newest) = sequencer::bounds(&self.pool).await?;
+        let outdated = |message: String| -> std::result::Result<_, Status> {
+            Ok(pb::SubscribeReposResponse {
+                seq: 0,
+                time: Some(crate::proto::timestamp(time::OffsetDateTime::now_utc())),
+                event: Some(Event::Info(pb::InfoEvent {
+                    name: "OutdatedCursor".into(),
+                    message,
+                })),
+            })
+        };
+        let mut first = Vec::new();
+        let start = match request.get_ref().cursor {
+            None => newest,
+            Some(cursor) if cursor < 0 => {
+                return Err(Error::invalid_argument("cursor", "must not be negative").into());
+            }
+            Some(cursor) if cursor > newest => {
+                return Err(Error::invalid_argument(
+                    "cursor",
+                    format!("{cursor} is in the future: the newest event is {newest}"),
+                )
+                .into());
+            }
+            // Events after the cursor were pruned: say so, and start from the oldest kept.
+            Some(cursor) => match oldest {
+                Some(oldest) if cursor + 1 < oldest => {
+                    first.push(outdated(format!(
+                        "events {} to {} are no longer kept; starting from {oldest}",
+                        cursor + 1,
+                        oldest - 1
+                    )));
+                    oldest - 1
+                }
+                None if cursor < newest => {
+                    first.push(outdated("no events are kept; going live".into()));
+                    newest
+                }
+                _ => cursor,
+            },
+        };
+        let pool = self.pool.clone();
+        let follow = notify::follow(
+            &self.notifier,
+            sequencer::SEQ_CHANNEL,
+            self.shutdown.clone(),
+            start,
+            move |after, limit| {
+                let pool = pool.clone();
+                async move { sequencer::events_after(&pool, after, limit).await }
+            },
+        );
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            futures::stream::iter(first),
+            follow,
+        ))))
+    }
 }
 
 impl PdsService {
-    /// Removes expired refresh tokens (hourly).
+    /// Removes expired refresh tokens and firehose events past retention (hourly).
     pub async fn collect_garbage(&self) -> Result<u64> {
-        queries::delete_expired_refresh_tokens(&self.pool).await
+        Ok(queries::delete_expired_refresh_tokens(&self.pool).await?
+            + sequencer::prune(&self.pool, self.retention_hours).await?)
+    }
+}
+
+/// Sends a file as a stream of messages of at most [`EXPORT_CHUNK`] bytes.
+fn chunked<M: Send + 'static>(
+    file: Vec<u8>,
+    message: impl Fn(bytes::Bytes) -> M,
+) -> ResponseStream<M> {
+    let file = bytes::Bytes::from(file);
+    let pieces: Vec<_> = (0..file.len())
+        .step_by(EXPORT_CHUNK)
+        .map(|at| Ok(message(file.slice(at..(at + EXPORT_CHUNK).min(file.len())))))
+        .collect();
+    Box::pin(futures::stream::iter(pieces))
+}
+
+impl PdsService {
+    /// The blocks created after revision `since`, as a CAR rooted at the head, streamed from the
+    /// database as they are read.
+    fn blocks_since(
+        &self,
+        did: String,
+        head: Cid,
+        since: String,
+    ) -> ResponseStream<pb::GetRepoResponse> {
+        use futures::TryStreamExt;
+        let (tx, rx) = mpsc::channel(4);
+        let (pool, shutdown) = (self.pool.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let mut pending = car::header(&head);
+            let mut rows = sqlx::query_as::<_, (String, Vec<u8>)>(
+                "SELECT cid, bytes FROM pds.repo_blocks WHERE repo_did = $1 AND repo_rev > $2
+                 ORDER BY repo_rev, cid",
+            )
+            .bind(&did)
+            .bind(&since)
+            .fetch(&pool);
+            loop {
+                let row = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down"))).await;
+                        return;
+                    }
+                    row = rows.try_next() => row,
+                };
+                match row {
+                    Ok(Some((text, bytes))) => match Cid::from_str(&text) {
+                        Ok(cid) => pending.extend(car::block(&cid, &bytes)),
+                        Err(_) => {
+                            let error = Error::DataLoss(format!("stored CID {text} is malformed"));
+                            let _ = tx.send(Err(error.into())).await;
+                            return;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(error) => {
+                        let _ = tx.send(Err(Error::from(error).into())).await;
+                        return;
+                    }
+                }
+                if pending.len() >= EXPORT_CHUNK {
+                    let chunk = std::mem::take(&mut pending);
+                    let message = pb::GetRepoResponse {
+                        chunk: chunk.into(),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let message = pb::GetRepoResponse {
+                    chunk: pending.into(),
+                };
+                let _ = tx.send(Ok(message)).await;
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
     }
 }

@@ -11,7 +11,9 @@ pub mod mst;
 pub mod plc;
 pub mod queries;
 pub mod repo;
+pub mod sequencer;
 pub mod syntax;
 pub mod tokens;
 
 pub use handlers::PdsService;
+pub use sequencer::SEQ_CHANNEL;

@@ -392,6 +392,56 @@ impl<'a> Mst<'a> {
         })
     }
 
+    /// The nodes that prove whether the tree at `root` holds `key`, and let a reader who has only
+    /// them invert a change to it (delete it again, or put it back): the search path down to the
+    /// bottom layer and, where the key is held, the nearest spines of the subtrees either side of
+    /// it (what a merge or split reads).
+    pub async fn covering_proof(&mut self, root: Cid, key: &[u8]) -> Result<Vec<Cid>> {
+        let mut out = Vec::new();
+        let mut at = Some(root);
+        while let Some(cid) = at {
+            out.push(cid);
+            let node = self.load(cid).await?;
+            let gap = node.gap(key);
+            if let Some(entry) = node.entries.get(gap).filter(|e| e.key == key) {
+                let (before, after) = (node.gap_pointer(gap), entry.right);
+                self.spine(before, true, &mut out).await?;
+                self.spine(after, false, &mut out).await?;
+                break;
+            }
+            at = node.gap_pointer(gap);
+        }
+        Ok(out)
+    }
+
+    /// The leftmost (or rightmost) path down a subtree.
+    async fn spine(
+        &mut self,
+        mut at: Option<Cid>,
+        rightmost: bool,
+        out: &mut Vec<Cid>,
+    ) -> Result<()> {
+        while let Some(cid) = at {
+            out.push(cid);
+            let node = self.load(cid).await?;
+            at = if rightmost {
+                node.gap_pointer(node.entries.len())
+            } else {
+                node.left
+            };
+        }
+        Ok(())
+    }
+
+    /// A node's block: its canonical encoding, which is what was stored.
+    pub async fn node_block(&mut self, cid: Cid) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.written.get(&cid) {
+            return Ok(bytes.clone());
+        }
+        let node = self.load(cid).await?;
+        Ok(data::encode(&node.to_ipld()))
+    }
+
     /// The blocks written that `root` reaches (nodes replaced along the way are left out).
     pub fn new_blocks(&mut self, root: Cid) -> Vec<(Cid, Vec<u8>)> {
         let mut out = Vec::new();

@@ -15,9 +15,12 @@ use super::{
     car, data,
     keys::SigningKey,
     mst::{Mst, Node, NodeSource},
-    queries, syntax,
+    queries, sequencer, syntax,
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    proto::quintet::pds::v1::{self as pb, subscribe_repos_response::Event},
+};
 
 /// Largest record, as DAG-CBOR.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -66,12 +69,13 @@ pub enum Op {
     },
 }
 
-/// What an operation did: the record's path and CID (`None` for deletes).
+/// What an operation did: the record's path and CID (`None` for deletes), and the CID it had.
 #[derive(Debug, Clone)]
 pub struct Applied {
     pub collection: String,
     pub rkey: String,
     pub cid: Option<Cid>,
+    pub prev: Option<Cid>,
 }
 
 /// A new head.
@@ -164,7 +168,29 @@ pub async fn create_empty(tx: &mut PgConnection, did: &str, key: &SigningKey) ->
     blocks.push((cid, bytes));
     queries::insert_blocks(&mut *tx, did, &rev, &blocks).await?;
     queries::insert_repo(&mut *tx, did, &cid.to_string(), &rev).await?;
+    let event = pb::CommitEvent {
+        repo: did.to_owned(),
+        commit: cid.to_string(),
+        rev: rev.clone(),
+        since: String::new(),
+        ops: Vec::new(),
+        blocks: car_slice(&cid, &blocks).into(),
+        prev_data: String::new(),
+    };
+    sequencer::sequence(&mut *tx, did, Event::Commit(event)).await?;
     Ok(Head { cid, rev })
+}
+
+/// A CAR file rooted at `root` holding `blocks` (each once).
+fn car_slice(root: &Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = car::header(root);
+    for (cid, bytes) in blocks {
+        if seen.insert(*cid) {
+            out.extend(car::block(cid, bytes));
+        }
+    }
+    out
 }
 
 /// Applies `ops` in one commit. `swap_commit`: the head the caller expects.
@@ -190,6 +216,7 @@ pub async fn apply(
         ));
     }
     let mut root = commit_data(&mut *tx, did, &head).await?;
+    let prev_data = root;
     let source = StoredNodes {
         connection: tokio::sync::Mutex::new(&mut *tx),
         did,
@@ -246,6 +273,7 @@ pub async fn apply(
             collection,
             rkey,
             cid,
+            prev: existing,
         });
         root = match cid {
             Some(cid) => mst.put(root, path.as_bytes(), cid).await?,
@@ -259,12 +287,37 @@ pub async fn apply(
     }
     let rev = syntax::next_tid(Some(&old_rev));
     let (commit, commit_bytes) = sign_commit(did, root, &rev, key);
+    // What a firehose consumer needs besides the new blocks: the nodes covering every changed
+    // key in the new tree (to verify the change and invert it).
+    let mut proof = Vec::new();
+    for write in &applied {
+        let path = format!("{}/{}", write.collection, write.rkey);
+        for cid in mst.covering_proof(root, path.as_bytes()).await? {
+            proof.push((cid, mst.node_block(cid).await?));
+        }
+    }
     let mut blocks = mst.new_blocks(root);
     // The tree's reads borrowed the transaction; the writes below need it back.
     drop(mst);
     blocks.extend(record_blocks);
     blocks.push((commit, commit_bytes));
     queries::insert_blocks(&mut *tx, did, &rev, &blocks).await?;
+    let mut slice = blocks.clone();
+    slice.extend(proof);
+    let ops = applied
+        .iter()
+        .map(|write| pb::RepoOp {
+            action: match (write.cid, write.prev) {
+                (Some(_), None) => "create",
+                (Some(_), Some(_)) => "update",
+                (None, _) => "delete",
+            }
+            .to_owned(),
+            path: format!("{}/{}", write.collection, write.rkey),
+            cid: write.cid.map(|c| c.to_string()).unwrap_or_default(),
+            prev: write.prev.map(|c| c.to_string()).unwrap_or_default(),
+        })
+        .collect();
     for write in &applied {
         match write.cid {
             Some(cid) => {
@@ -282,6 +335,16 @@ pub async fn apply(
         }
     }
     queries::update_repo(&mut *tx, did, &commit.to_string(), &rev).await?;
+    let event = pb::CommitEvent {
+        repo: did.to_owned(),
+        commit: commit.to_string(),
+        rev: rev.clone(),
+        since: old_rev,
+        ops,
+        blocks: car_slice(&commit, &slice).into(),
+        prev_data: prev_data.to_string(),
+    };
+    sequencer::sequence(&mut tx, did, Event::Commit(event)).await?;
     tx.commit().await?;
     Ok((Head { cid: commit, rev }, applied))
 }

@@ -7,6 +7,7 @@ mod harness;
 mod market;
 mod market_purchases;
 mod pds;
+mod pds_sync;
 mod pds_vectors;
 mod registry;
 mod shared_blocks;

@@ -776,6 +776,7 @@ async fn a_thousand_writes_export_as_a_car_that_reparses_into_the_same_records()
     let mut stream = pds
         .get_repo(pb::GetRepoRequest {
             did: dave.did.clone(),
+            since: String::new(),
         })
         .await
         .unwrap()

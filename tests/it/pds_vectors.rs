@@ -2,7 +2,7 @@
 //! syntaxes, MST key heights, prefixes and commit roots, the data model's JSON -> DAG-CBOR -> CID
 //! fixtures, signatures and did:keys. A missing vector directory fails loudly.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use base64::Engine;
 use quintet::pds::{
@@ -233,5 +233,87 @@ async fn commit_fixtures_give_the_roots_before_and_after() {
             case["rootAfterCommit"].as_str().unwrap(),
             "{name}"
         );
+
+        // The covering proofs of the changed keys hold every block the fixture lists, and with
+        // nothing but them the commit inverts, in every order, to the root before.
+        let changed: Vec<(String, bool)> = case["adds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| (k.as_str().unwrap().to_owned(), true))
+            .chain(
+                case["dels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| (k.as_str().unwrap().to_owned(), false)),
+            )
+            .collect();
+        let mut proof = HashMap::new();
+        for (key, _) in &changed {
+            for cid in tree.covering_proof(root, key.as_bytes()).await.unwrap() {
+                let bytes = tree.node_block(cid).await.unwrap();
+                proof.insert(
+                    cid,
+                    Node::from_ipld(&data::decode(&bytes).unwrap()).unwrap(),
+                );
+            }
+        }
+        for expected in case["blocksInProof"].as_array().unwrap() {
+            let cid = data::parse_cid(expected.as_str().unwrap()).unwrap();
+            assert!(
+                proof.contains_key(&cid),
+                "{name}: {cid} missing from the proof"
+            );
+        }
+        let source = ProofBlocks(proof);
+        for order in permutations(&changed) {
+            let mut inverter = Mst::new(&source);
+            let mut at = root;
+            for (key, added) in order {
+                at = if added {
+                    inverter.delete(at, key.as_bytes()).await.unwrap()
+                } else {
+                    inverter.put(at, key.as_bytes(), leaf).await.unwrap()
+                };
+            }
+            assert_eq!(
+                at.to_string(),
+                case["rootBeforeCommit"].as_str().unwrap(),
+                "{name}: inverted"
+            );
+        }
     }
+}
+
+/// Nodes from a proof only.
+struct ProofBlocks(HashMap<cid::Cid, Node>);
+
+impl NodeSource for ProofBlocks {
+    fn node(
+        &self,
+        cid: cid::Cid,
+    ) -> futures::future::BoxFuture<'_, Result<Node, quintet::error::Error>> {
+        Box::pin(async move {
+            self.0.get(&cid).cloned().ok_or_else(|| {
+                quintet::error::Error::DataLoss(format!("{cid} is not in the proof"))
+            })
+        })
+    }
+}
+
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut out = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first.clone());
+            out.push(tail);
+        }
+    }
+    out
 }

@@ -1,0 +1,379 @@
+//! The PDS's sync surface through the real client: the firehose (order, replay from a cursor,
+//! reconstruction of every repository from its events, outdated and future cursors), diffs since
+//! a revision, GetBlocks and record proofs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cid::Cid;
+use futures::{StreamExt, future::BoxFuture};
+use quintet::{
+    pds::{
+        car, data,
+        mst::{Mst, Node, NodeSource},
+    },
+    proto::{
+        json_to_struct,
+        quintet::pds::v1::{
+            self as pb, pds_service_client::PdsServiceClient, subscribe_repos_response::Event,
+        },
+    },
+};
+use serde_json::json;
+use tonic::{Code, Streaming, transport::Channel};
+
+use crate::harness::{TestServer, authed, field_of};
+
+fn client(server: &TestServer) -> PdsServiceClient<Channel> {
+    PdsServiceClient::new(server.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
+}
+
+async fn account(server: &TestServer, name: &str) -> pb::Session {
+    client(server)
+        .create_account(pb::CreateAccountRequest {
+            handle: format!("{name}.test"),
+            email: format!("{name}@example.com"),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+}
+
+/// `count` records in one commit, keys `<prefix><i>`.
+async fn write_batch(server: &TestServer, session: &pb::Session, prefix: &str, count: usize) {
+    let writes = (0..count)
+        .map(|i| pb::Write {
+            action: Some(pb::write::Action::Create(pb::WriteCreate {
+                collection: "app.bsky.feed.post".into(),
+                rkey: format!("{prefix}{i}"),
+                value: json_to_struct(
+                    &json!({"$type": "app.bsky.feed.post", "text": format!("{prefix} {i}")}),
+                ),
+            })),
+        })
+        .collect();
+    client(server)
+        .apply_writes(authed(
+            pb::ApplyWritesRequest {
+                repo: session.did.clone(),
+                writes,
+                swap_commit: String::new(),
+            },
+            &session.access_jwt,
+        ))
+        .await
+        .unwrap();
+}
+
+async fn subscribe(
+    server: &TestServer,
+    cursor: Option<i64>,
+) -> Result<Streaming<pb::SubscribeReposResponse>, tonic::Status> {
+    client(server)
+        .subscribe_repos(pb::SubscribeReposRequest { cursor })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn next(stream: &mut Streaming<pb::SubscribeReposResponse>) -> pb::SubscribeReposResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+        .await
+        .expect("an event within 20 s")
+        .unwrap()
+        .expect("the stream goes on")
+}
+
+async fn head(server: &TestServer, did: &str) -> pb::GetLatestCommitResponse {
+    client(server)
+        .get_latest_commit(pb::GetLatestCommitRequest { did: did.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Nodes from a set of blocks only.
+struct Blocks(HashMap<Cid, Vec<u8>>);
+
+impl NodeSource for Blocks {
+    fn node(&self, cid: Cid) -> BoxFuture<'_, Result<Node, quintet::error::Error>> {
+        Box::pin(async move {
+            let bytes = self
+                .0
+                .get(&cid)
+                .ok_or_else(|| quintet::error::Error::DataLoss(format!("{cid} not delivered")))?;
+            Ok(Node::from_ipld(&data::decode(bytes).unwrap()).unwrap())
+        })
+    }
+}
+
+/// Every key and value under `root`, from the blocks at hand.
+fn leaves(blocks: &HashMap<Cid, Vec<u8>>, root: Cid, out: &mut BTreeMap<String, Cid>) {
+    let node = Node::from_ipld(&data::decode(&blocks[&root]).unwrap()).unwrap();
+    if let Some(left) = node.left {
+        leaves(blocks, left, out);
+    }
+    for entry in node.entries {
+        assert!(
+            blocks.contains_key(&entry.value),
+            "record block not delivered"
+        );
+        out.insert(String::from_utf8(entry.key).unwrap(), entry.value);
+        if let Some(right) = entry.right {
+            leaves(blocks, right, out);
+        }
+    }
+}
+
+/// The bytes of a stream of CAR pieces.
+async fn gather<M>(mut stream: Streaming<M>, chunk: impl Fn(M) -> bytes::Bytes) -> Vec<u8> {
+    let mut file = Vec::new();
+    while let Some(message) = stream.next().await {
+        file.extend_from_slice(&chunk(message.unwrap()));
+    }
+    file
+}
+
+fn commit_data(bytes: &[u8]) -> Cid {
+    match data::decode(bytes).unwrap() {
+        ipld_core::ipld::Ipld::Map(map) => match map.get("data") {
+            Some(ipld_core::ipld::Ipld::Link(cid)) => *cid,
+            _ => panic!("no data"),
+        },
+        _ => panic!("not a commit"),
+    }
+}
+
+#[tokio::test]
+async fn a_follower_of_the_firehose_reconstructs_every_repository() {
+    let server = TestServer::start().await;
+    let mut firehose = subscribe(&server, None).await.unwrap();
+    // 50 repositories, 10,000 records: 20 commits of 10 records each, written concurrently.
+    let mut sessions = Vec::new();
+    for i in 0..50 {
+        sessions.push(account(&server, &format!("user{i}")).await);
+    }
+    let writers = sessions.iter().map(|session| {
+        let server = &server;
+        async move {
+            for b in 0..20 {
+                write_batch(server, session, &format!("b{b:02}r"), 10).await;
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+
+    // 50 x (identity, account, first commit) + 1,000 commits, in order, without gaps.
+    let expected = 50 * 3 + 1000;
+    let mut blocks: HashMap<String, HashMap<Cid, Vec<u8>>> = HashMap::new();
+    let mut last_commit: HashMap<String, String> = HashMap::new();
+    let mut previous = 0;
+    let mut events = Vec::new();
+    for _ in 0..expected {
+        let event = next(&mut firehose).await;
+        if previous > 0 {
+            assert_eq!(event.seq, previous + 1, "no gap, no repeat");
+        }
+        previous = event.seq;
+        if let Some(Event::Commit(commit)) = &event.event {
+            let slice = car::read(&commit.blocks).unwrap();
+            assert_eq!(slice.roots[0].to_string(), commit.commit);
+            let repo = blocks.entry(commit.repo.clone()).or_default();
+            repo.extend(slice.blocks);
+            last_commit.insert(commit.repo.clone(), commit.commit.clone());
+        }
+        events.push(event);
+    }
+    for session in &sessions {
+        let head = head(&server, &session.did).await;
+        assert_eq!(
+            last_commit[&session.did], head.cid,
+            "the last commit is the head"
+        );
+        let repo = &blocks[&session.did];
+        let commit: Cid = head.cid.parse().unwrap();
+        let mut records = BTreeMap::new();
+        leaves(repo, commit_data(&repo[&commit]), &mut records);
+        assert_eq!(records.len(), 200, "every record arrived with its blocks");
+    }
+
+    // A consumer that reconnects from a seq gets exactly what followed it.
+    let middle = events[events.len() / 2].seq;
+    let mut again = subscribe(&server, Some(middle)).await.unwrap();
+    for expected in &events[events.len() / 2 + 1..] {
+        assert_eq!(next(&mut again).await, *expected);
+    }
+    // The first events of an account: identity, then account, then its first commit.
+    let first = &events[..3];
+    assert!(matches!(first[0].event, Some(Event::Identity(_))));
+    assert!(matches!(first[1].event, Some(Event::Account(ref a)) if a.active));
+    assert!(matches!(first[2].event, Some(Event::Commit(ref c)) if c.ops.is_empty()));
+    // Ops carry their paths, actions and CIDs.
+    let Some(Event::Commit(commit)) = &events.last().unwrap().event else {
+        panic!("commit")
+    };
+    assert_eq!(commit.ops.len(), 10);
+    assert!(commit.ops.iter().all(|op| op.action == "create"
+        && op.path.starts_with("app.bsky.feed.post/b19r")
+        && !op.cid.is_empty()));
+    assert!(!commit.since.is_empty() && !commit.prev_data.is_empty());
+}
+
+#[tokio::test]
+async fn cursors_in_the_future_are_refused_and_pruned_ones_start_from_the_oldest() {
+    let server = TestServer::start().await;
+    let erin = account(&server, "erin").await;
+    write_batch(&server, &erin, "a", 3).await;
+    // Events 1-4: identity, account, first commit, the batch.
+    let error = subscribe(&server, Some(99)).await.unwrap_err();
+    assert_eq!(
+        (error.code(), field_of(&error)),
+        (Code::InvalidArgument, "cursor".to_owned())
+    );
+    let mut replay = subscribe(&server, Some(0)).await.unwrap();
+    assert_eq!(next(&mut replay).await.seq, 1);
+
+    // Prune the first two as retention would; an old cursor learns it and starts at 3.
+    let pool = sqlx::PgPool::connect_with(server.database.clone())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM pds.repo_seq WHERE seq <= 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut outdated = subscribe(&server, Some(0)).await.unwrap();
+    let info = next(&mut outdated).await;
+    assert!(
+        matches!(info.event, Some(Event::Info(ref i)) if i.name == "OutdatedCursor"),
+        "{info:?}"
+    );
+    assert_eq!(next(&mut outdated).await.seq, 3);
+    assert_eq!(next(&mut outdated).await.seq, 4);
+
+    // Status and handle changes are events too.
+    let mut live = subscribe(&server, None).await.unwrap();
+    client(&server)
+        .update_handle(authed(
+            pb::UpdateHandleRequest {
+                handle: "erin2.test".into(),
+            },
+            &erin.access_jwt,
+        ))
+        .await
+        .unwrap();
+    client(&server)
+        .deactivate_account(authed(pb::DeactivateAccountRequest {}, &erin.access_jwt))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(&mut live).await.event, Some(Event::Identity(ref i)) if i.handle == "erin2.test")
+    );
+    assert!(
+        matches!(next(&mut live).await.event, Some(Event::Account(ref a)) if !a.active && a.status() == pb::AccountStatus::Deactivated)
+    );
+}
+
+#[tokio::test]
+async fn diffs_blocks_and_record_proofs() {
+    let server = TestServer::start().await;
+    let fay = account(&server, "fay").await;
+    write_batch(&server, &fay, "old", 20).await;
+    let before = head(&server, &fay.did).await;
+    write_batch(&server, &fay, "new", 5).await;
+    let after = head(&server, &fay.did).await;
+    let mut pds = client(&server);
+
+    let fetch = |since: &str| {
+        let mut pds = client(&server);
+        let request = pb::GetRepoRequest {
+            did: fay.did.clone(),
+            since: since.into(),
+        };
+        async move {
+            let mut stream = pds.get_repo(request).await?.into_inner();
+            let mut file = Vec::new();
+            while let Some(message) = stream.next().await {
+                file.extend_from_slice(&message?.chunk);
+            }
+            Ok::<_, tonic::Status>(car::read(&file).unwrap())
+        }
+    };
+    // Since the earlier revision: the new commit, its new nodes and the 5 new records only.
+    let diff = fetch(&before.rev).await.unwrap();
+    assert_eq!(diff.roots[0].to_string(), after.cid);
+    let cids: Vec<String> = diff.blocks.iter().map(|(c, _)| c.to_string()).collect();
+    assert!(cids.contains(&after.cid) && !cids.contains(&before.cid));
+    let full = fetch("").await.unwrap();
+    assert!(diff.blocks.len() < full.blocks.len());
+    let records_in_diff = diff
+        .blocks
+        .iter()
+        .filter(|(_, b)| String::from_utf8_lossy(b).contains("new "))
+        .count();
+    assert_eq!(records_in_diff, 5);
+    assert_eq!(field_of(&fetch("yesterday").await.unwrap_err()), "since");
+
+    // GetBlocks: the named blocks, or NOT_FOUND naming the first missing one.
+    let wanted: Vec<String> = full
+        .blocks
+        .iter()
+        .take(3)
+        .map(|(c, _)| c.to_string())
+        .collect();
+    let stream = pds
+        .get_blocks(pb::GetBlocksRequest {
+            did: fay.did.clone(),
+            cids: wanted.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got = car::read(&gather(stream, |m| m.chunk).await).unwrap();
+    assert!(got.roots.is_empty());
+    assert_eq!(
+        got.blocks
+            .iter()
+            .map(|(c, _)| c.to_string())
+            .collect::<Vec<_>>(),
+        wanted
+    );
+    let missing = data::cid_for(data::DAG_CBOR, b"never stored").to_string();
+    let missing = missing.as_str();
+    let error = pds
+        .get_blocks(pb::GetBlocksRequest {
+            did: fay.did.clone(),
+            cids: vec![wanted[0].clone(), missing.into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound);
+    assert!(error.message().contains(missing));
+
+    // Record proofs: with only the proof's blocks, the key resolves (or provably does not).
+    for (rkey, present) in [("new3", true), ("absent", false)] {
+        let stream = pds
+            .get_record_proof(pb::GetRecordProofRequest {
+                did: fay.did.clone(),
+                collection: "app.bsky.feed.post".into(),
+                rkey: rkey.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let proof = car::read(&gather(stream, |m| m.chunk).await).unwrap();
+        assert_eq!(proof.roots[0].to_string(), after.cid);
+        let blocks: HashMap<Cid, Vec<u8>> = proof.blocks.into_iter().collect();
+        let root = commit_data(&blocks[&proof.roots[0]]);
+        let source = Blocks(blocks.clone());
+        let mut tree = Mst::new(&source);
+        let found = tree
+            .get(root, format!("app.bsky.feed.post/{rkey}").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(found.is_some(), present, "{rkey}");
+        if let Some(record) = found {
+            assert!(blocks.contains_key(&record), "the record is in the proof");
+        }
+    }
+}
