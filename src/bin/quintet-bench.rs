@@ -52,6 +52,22 @@ enum BenchCommand {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// PDS firehose: `consumers` subscribers while `writers` clients write records into their
+    /// own repositories for `seconds`; events per second delivered and write-to-delivery latency
+    /// (from the event's sequencing time).
+    PdsFirehose {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        consumers: usize,
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Server process to report CPU and peak RSS of.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// A stand-in Sui full node for trying market purchases without a chain: records one
     /// transfer per `--pay SENDER:RECIPIENT:MIST` (SUI, successful, checkpointed), prints each
     /// one's digest, and serves them on the ledger API until stopped.
@@ -242,6 +258,22 @@ async fn main() -> anyhow::Result<()> {
                 &target,
                 records,
                 repos,
+                Duration::from_secs(seconds),
+                server_pid,
+            )
+            .await
+        }
+        BenchCommand::PdsFirehose {
+            target,
+            consumers,
+            writers,
+            seconds,
+            server_pid,
+        } => {
+            pds_firehose_bench(
+                &target,
+                consumers,
+                writers,
                 Duration::from_secs(seconds),
                 server_pid,
             )
@@ -1706,6 +1738,84 @@ async fn pds_bench(
             blocks as f64 / elapsed
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    println!("server peak RSS: {}", peak_rss_mib(server_pid));
+    Ok(())
+}
+
+async fn pds_firehose_bench(
+    target: &str,
+    consumers: usize,
+    writers: usize,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    use quintet::proto::quintet::pds::v1::{self as pb, subscribe_repos_response::Event};
+    let channel = Channel::from_shared(target.to_owned())?.connect().await?;
+    let mut client = PdsClient::new(channel.clone());
+    let run = unix_micros() % 1_000_000;
+    let mut repos = Vec::new();
+    for w in 0..writers {
+        repos.push(pds_account(&mut client, &format!("fw{w}x{run}.bench.test")).await?);
+    }
+    // Subscribers: live from now, each on its own connection's stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut followers = Vec::new();
+    for _ in 0..consumers {
+        let mut client = PdsClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+        let mut stream = client
+            .subscribe_repos(pb::SubscribeReposRequest { cursor: None })
+            .await?
+            .into_inner();
+        let stop = stop.clone();
+        followers.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new(3).expect("histogram");
+            let mut events = 0u64;
+            let mut last_seq = 0;
+            let mut gaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+                let Ok(message) = next else { continue };
+                let Some(event) = message? else { break };
+                if last_seq > 0 && event.seq != last_seq + 1 {
+                    gaps += 1;
+                }
+                last_seq = event.seq;
+                events += 1;
+                if let (Some(Event::Commit(_)), Some(time)) = (&event.event, &event.time) {
+                    let sent = time.seconds * 1_000_000 + i64::from(time.nanos) / 1000;
+                    latency.record((unix_micros() - sent).max(0) as u64)?;
+                }
+            }
+            anyhow::Ok((events, gaps, latency))
+        }));
+    }
+    let cpu_before = server_pid.and_then(cpu_seconds);
+    let (rate, _) = pds_writes(&channel, &repos, writers, duration).await?;
+    // Let the followers drain what was written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let cpu = server_pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) / (duration.as_secs_f64() + 2.0));
+    let mut latency = Histogram::<u64>::new(3)?;
+    let (mut delivered, mut gaps) = (0u64, 0u64);
+    for follower in followers {
+        let (events, missed, histogram) = follower.await??;
+        delivered += events;
+        gaps += missed;
+        latency.add(histogram)?;
+    }
+    let seconds = duration.as_secs_f64();
+    println!(
+        "{writers} writers: {rate:.0} commits/s; {consumers} consumers: {:.0} events/s delivered in all ({:.0} per consumer), {gaps} gaps",
+        delivered as f64 / seconds,
+        delivered as f64 / seconds / consumers as f64
+    );
+    println!("write-to-delivery latency: {}", latency_line(&latency));
+    if let Some(cpu) = cpu {
+        println!("server CPU: {:.0}% of a core", cpu * 100.0);
     }
     println!("server peak RSS: {}", peak_rss_mib(server_pid));
     Ok(())
