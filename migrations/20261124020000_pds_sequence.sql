@@ -7,7 +7,7 @@ CREATE SEQUENCE pds.repo_seq_seq;
 CREATE TABLE pds.repo_seq (
     seq          BIGINT PRIMARY KEY,
     did          TEXT NOT NULL,
-    event_type   TEXT NOT NULL CHECK (event_type IN ('commit', 'identity', 'account')),
+    event_type   TEXT NOT NULL CHECK (event_type IN ('commit', 'identity', 'account', 'sync')),
     event        BYTEA NOT NULL,
     sequenced_at TIMESTAMPTZ NOT NULL
 );

@@ -1542,6 +1542,7 @@ async fn pds_account(client: &mut PdsClient, handle: &str) -> anyhow::Result<(St
             handle: handle.into(),
             email: format!("{}@bench.test", handle.replace('.', "-")),
             password: "bench password".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -1715,7 +1716,9 @@ async fn pds_bench(
     );
 
     // The export, counted as it streams: right after the writes, and again once the database
-    // has settled (vacuum, caches).
+    // has settled (vacuum, caches); the second file is then imported back (ImportRepo replaces
+    // the repository with it after checking every block, the signature and the tree).
+    let mut exported = Vec::new();
     for pass in ["just after the writes", "again"] {
         let started = Instant::now();
         let mut stream = client
@@ -1738,7 +1741,26 @@ async fn pds_bench(
             blocks as f64 / elapsed
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
+        exported = file;
     }
+    let started = Instant::now();
+    let chunks: Vec<pb::ImportRepoRequest> = exported
+        .chunks(1 << 20)
+        .map(|c| pb::ImportRepoRequest {
+            chunk: c.to_vec().into(),
+        })
+        .collect();
+    let imported = client
+        .import_repo(auth(tokio_stream::iter(chunks), &token))
+        .await?
+        .into_inner();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "ImportRepo of the same file: {} blocks, {} records in {elapsed:.2} s = {:.0} blocks/s",
+        imported.blocks,
+        imported.records,
+        imported.blocks as f64 / elapsed
+    );
     println!("server peak RSS: {}", peak_rss_mib(server_pid));
     Ok(())
 }

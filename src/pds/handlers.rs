@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     car, data,
-    keys::SigningKey,
+    keys::{PublicKey, SigningKey},
     mst::Mst,
     plc, queries,
     queries::AccountRow,
@@ -42,6 +42,8 @@ type ResponseStream<T> =
 const EXPORT_CHUNK: usize = 256 * 1024;
 /// Most app passwords per account (each is tried at sign-in).
 const MAX_APP_PASSWORDS: usize = 25;
+/// Largest repository ImportRepo accepts, in bytes of CAR.
+const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
 /// Most writes in one ApplyWrites.
 const MAX_WRITES: usize = 200;
 /// A password hash nobody has: sign-ins with unknown identifiers spend the same time hashing.
@@ -460,7 +462,34 @@ impl pds_service_server::PdsService for PdsService {
         let handle = self.check_handle(&message.handle)?;
         let email = check_email(&message.email)?;
         check_password(&message.password)?;
-        let (signing, rotation) = (SigningKey::generate(), SigningKey::generate());
+        // A migrating account brings its DID and signing key; a new one gets both made here.
+        let migrating = match (message.did.is_empty(), message.signing_key.is_empty()) {
+            (true, true) => None,
+            (false, false) => {
+                let did = message.did.clone();
+                if !syntax::is_did(&did)
+                    || !(did.starts_with("did:plc:") || did.starts_with("did:web:"))
+                {
+                    return Err(Error::invalid_argument("did", "not a did:plc or did:web").into());
+                }
+                let key = SigningKey::from_bytes(&message.signing_key).ok_or_else(|| {
+                    Error::invalid_argument("signing_key", "not a 32-byte secp256k1 private key")
+                })?;
+                Some((did, key))
+            }
+            _ => {
+                return Err(Error::invalid_argument(
+                    "signing_key",
+                    "a migrating account gives both its DID and its signing key",
+                )
+                .into());
+            }
+        };
+        let rotation = SigningKey::generate();
+        let signing = match &migrating {
+            Some((_, key)) => key.clone(),
+            None => SigningKey::generate(),
+        };
         let (signing_pub, rotation_pub) = (signing.public_key(), rotation.public_key());
         let genesis = plc::sign(
             &plc::Identity {
@@ -472,7 +501,10 @@ impl pds_service_server::PdsService for PdsService {
             None,
             &rotation,
         );
-        let did = plc::did_for(&genesis);
+        let did = match &migrating {
+            Some((did, _)) => did.clone(),
+            None => plc::did_for(&genesis),
+        };
         let password_hash = hash_password(&message.password).await?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         queries::insert_account(
@@ -493,11 +525,23 @@ impl pds_service_server::PdsService for PdsService {
             Error::AlreadyExists { name, .. } if name.contains("email") => {
                 Error::already_exists("email", email.clone())
             }
+            Error::AlreadyExists { name, .. } if name.contains("pkey") => {
+                Error::already_exists("account", did.clone())
+            }
             Error::AlreadyExists { .. } => Error::already_exists("handle", handle.clone()),
             other => other,
         })?;
-        queries::insert_plc_operation(&mut *tx, &did, 0, &genesis.cid.to_string(), &genesis.bytes)
+        // A migrated identity's PLC log lives with its owner's rotation key, not here.
+        if migrating.is_none() {
+            queries::insert_plc_operation(
+                &mut *tx,
+                &did,
+                0,
+                &genesis.cid.to_string(),
+                &genesis.bytes,
+            )
             .await?;
+        }
         sequencer::sequence(&mut tx, &did, identity_event(&did, &handle)).await?;
         sequencer::sequence(&mut tx, &did, account_event(&did, "active")).await?;
         repo::create_empty(&mut tx, &did, &signing).await?;
@@ -508,7 +552,10 @@ impl pds_service_server::PdsService for PdsService {
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::CreateAccountResponse {
             session: Some(session),
-            plc_operation: json_to_struct(&genesis.json),
+            plc_operation: migrating
+                .is_none()
+                .then(|| json_to_struct(&genesis.json))
+                .flatten(),
         }))
     }
 
@@ -716,34 +763,35 @@ impl pds_service_server::PdsService for PdsService {
         let rotation = self.rotation_key(&caller.account)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         queries::lock_repo(&mut tx, caller.did()).await?;
-        let (seq, previous, _) = queries::latest_plc_operation(&mut *tx, caller.did())
-            .await?
-            .ok_or_else(|| Error::DataLoss("the account has no PLC operation".into()))?;
-        let previous = data::parse_cid(&previous).map_err(|e| Error::DataLoss(e.0))?;
-        let operation = plc::sign(
-            &plc::Identity {
-                handle: &handle,
-                signing_key: &format!("did:key:{}", caller.account.signing_key_pub),
-                rotation_key: &format!("did:key:{}", caller.account.rotation_key_pub),
-                endpoint: &self.endpoint,
-            },
-            Some(&previous),
-            &rotation,
-        );
+        let latest = queries::latest_plc_operation(&mut *tx, caller.did()).await?;
         queries::set_handle(&mut *tx, caller.did(), &handle)
             .await
             .map_err(|error| match error {
                 Error::AlreadyExists { .. } => Error::already_exists("handle", handle.clone()),
                 other => other,
             })?;
-        queries::insert_plc_operation(
-            &mut *tx,
-            caller.did(),
-            seq + 1,
-            &operation.cid.to_string(),
-            &operation.bytes,
-        )
-        .await?;
+        // Identities this server made get a new PLC operation; a migrated one's owner signs theirs.
+        if let Some((seq, previous, _)) = latest {
+            let previous = data::parse_cid(&previous).map_err(|e| Error::DataLoss(e.0))?;
+            let operation = plc::sign(
+                &plc::Identity {
+                    handle: &handle,
+                    signing_key: &format!("did:key:{}", caller.account.signing_key_pub),
+                    rotation_key: &format!("did:key:{}", caller.account.rotation_key_pub),
+                    endpoint: &self.endpoint,
+                },
+                Some(&previous),
+                &rotation,
+            );
+            queries::insert_plc_operation(
+                &mut *tx,
+                caller.did(),
+                seq + 1,
+                &operation.cid.to_string(),
+                &operation.bytes,
+            )
+            .await?;
+        }
         sequencer::sequence(&mut tx, caller.did(), identity_event(caller.did(), &handle)).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::UpdateHandleResponse {}))
@@ -956,10 +1004,17 @@ impl pds_service_server::PdsService for PdsService {
         request: Request<pb::DescribeRepoRequest>,
     ) -> std::result::Result<Response<pb::DescribeRepoResponse>, Status> {
         let account = self.readable_repo("repo", &request.get_ref().repo).await?;
-        let (_, _, operation) = queries::latest_plc_operation(&self.pool, &account.did)
-            .await?
-            .ok_or_else(|| Error::DataLoss("the account has no PLC operation".into()))?;
-        let operation = data::to_json(&data::decode(&operation).map_err(|e| Error::DataLoss(e.0))?);
+        let operation = match queries::latest_plc_operation(&self.pool, &account.did).await? {
+            Some((_, _, bytes)) => {
+                data::to_json(&data::decode(&bytes).map_err(|e| Error::DataLoss(e.0))?)
+            }
+            // A migrated identity: the document this server would publish for it.
+            None => serde_json::json!({
+                "alsoKnownAs": [format!("at://{}", account.handle.clone().unwrap_or_default())],
+                "verificationMethods": {"atproto": format!("did:key:{}", account.signing_key_pub)},
+                "services": {"atproto_pds": {"endpoint": self.endpoint}},
+            }),
+        };
         let document = plc::did_document(&account.did, &operation);
         let handle = account.handle.clone().unwrap_or_default();
         let handle_is_correct = document["alsoKnownAs"].as_array().is_some_and(|a| {
@@ -1242,6 +1297,34 @@ impl pds_service_server::PdsService for PdsService {
             futures::stream::iter(first),
             follow,
         ))))
+    }
+
+    async fn import_repo(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportRepoRequest>>,
+    ) -> std::result::Result<Response<pb::ImportRepoResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        caller.require_full_access()?;
+        let key = PublicKey::from_multikey(&caller.account.signing_key_pub)
+            .ok_or_else(|| Error::DataLoss("a stored signing key is not a Multikey".into()))?;
+        let mut stream = request.into_inner();
+        let mut file = Vec::new();
+        while let Some(message) = stream.message().await? {
+            file.extend_from_slice(&message.chunk);
+            if file.len() > MAX_IMPORT_BYTES {
+                return Err(Error::invalid_argument(
+                    "chunk",
+                    format!("the repository is larger than {MAX_IMPORT_BYTES} bytes"),
+                )
+                .into());
+            }
+        }
+        let imported = super::import::import(&self.pool, caller.did(), &key, &file).await?;
+        Ok(Response::new(pb::ImportRepoResponse {
+            commit: Some(commit_meta(&imported.head)),
+            records: imported.records as i64,
+            blocks: imported.blocks as i64,
+        }))
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod car;
 pub mod data;
 mod handlers;
+pub mod import;
 pub mod keys;
 pub mod mst;
 pub mod plc;

@@ -491,3 +491,41 @@ pub async fn collections<'e>(executor: impl PgExecutor<'e>, did: &str) -> Result
     .fetch_all(executor)
     .await?)
 }
+
+/// Empties a repository's blocks and listing (an import replaces them).
+pub async fn clear_repo(tx: &mut PgConnection, did: &str) -> Result<()> {
+    sqlx::query("DELETE FROM pds.records WHERE did = $1")
+        .bind(did)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM pds.repo_blocks WHERE repo_did = $1")
+        .bind(did)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Lists records (collection, rkey, CID) at `rev`.
+pub async fn insert_records<'e>(
+    executor: impl PgExecutor<'e>,
+    did: &str,
+    rev: &str,
+    records: &[(String, String, String)],
+) -> Result<()> {
+    let collections: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    let rkeys: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
+    let cids: Vec<&str> = records.iter().map(|r| r.2.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO pds.records (did, collection, rkey, cid, repo_rev)
+         SELECT $1, collection, rkey, cid, $2
+         FROM UNNEST($3::text[], $4::text[], $5::text[]) AS r (collection, rkey, cid)",
+    )
+    .bind(did)
+    .bind(rev)
+    .bind(&collections)
+    .bind(&rkeys)
+    .bind(&cids)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

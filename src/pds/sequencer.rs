@@ -22,6 +22,7 @@ fn event_type(event: &pb::subscribe_repos_response::Event) -> &'static str {
         Event::Commit(_) => "commit",
         Event::Identity(_) => "identity",
         Event::Account(_) | Event::Info(_) => "account",
+        Event::Sync(_) => "sync",
     }
 }
 

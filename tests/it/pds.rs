@@ -31,6 +31,7 @@ async fn create_account(server: &TestServer, handle: &str) -> pb::Session {
             handle: handle.into(),
             email: format!("{}@example.com", handle.split('.').next().unwrap()),
             password: "correct horse battery".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -170,6 +171,7 @@ async fn accounts_get_a_plc_identity_and_sessions_end_when_they_should() {
                 handle: "no_underscores.test".into(),
                 email: "a@b.co".into(),
                 password: "long enough".into(),
+                ..Default::default()
             },
             "handle",
         ),
@@ -178,6 +180,7 @@ async fn accounts_get_a_plc_identity_and_sessions_end_when_they_should() {
                 handle: "bob.test".into(),
                 email: "not-an-email".into(),
                 password: "long enough".into(),
+                ..Default::default()
             },
             "email",
         ),
@@ -186,6 +189,7 @@ async fn accounts_get_a_plc_identity_and_sessions_end_when_they_should() {
                 handle: "bob.test".into(),
                 email: "bob@b.co".into(),
                 password: "short".into(),
+                ..Default::default()
             },
             "password",
         ),
@@ -201,6 +205,7 @@ async fn accounts_get_a_plc_identity_and_sessions_end_when_they_should() {
             handle: "ALICE.test".into(),
             email: "other@example.com".into(),
             password: "long enough".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

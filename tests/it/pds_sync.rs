@@ -33,6 +33,7 @@ async fn account(server: &TestServer, name: &str) -> pb::Session {
             handle: format!("{name}.test"),
             email: format!("{name}@example.com"),
             password: "correct horse battery".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -376,4 +377,152 @@ async fn diffs_blocks_and_record_proofs() {
             assert!(blocks.contains_key(&record), "the record is in the proof");
         }
     }
+}
+
+/// The whole repository as a CAR file.
+async fn export(server: &TestServer, did: &str) -> Vec<u8> {
+    let stream = client(server)
+        .get_repo(pb::GetRepoRequest {
+            did: did.into(),
+            since: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    gather(stream, |m| m.chunk).await
+}
+
+async fn import(
+    server: &TestServer,
+    session: &pb::Session,
+    file: Vec<u8>,
+) -> Result<pb::ImportRepoResponse, tonic::Status> {
+    let chunks: Vec<pb::ImportRepoRequest> = file
+        .chunks(100_000)
+        .map(|c| pb::ImportRepoRequest {
+            chunk: c.to_vec().into(),
+        })
+        .collect();
+    client(server)
+        .import_repo(authed(tokio_stream::iter(chunks), &session.access_jwt))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// An account's signing key, read the way only its server can (the harness's PDS master key).
+async fn signing_key(server: &TestServer, did: &str) -> Vec<u8> {
+    let pool = sqlx::PgPool::connect_with(server.database.clone())
+        .await
+        .unwrap();
+    let wrapped: Vec<u8> =
+        sqlx::query_scalar("SELECT signing_key_priv FROM pds.accounts WHERE did = $1")
+            .bind(did)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let master =
+        quintet::master_key::MasterKey::from_bytes(quintet::master_key::Purpose::Pds, [0x88; 32]);
+    master.unwrap(&wrapped, did.as_bytes()).unwrap().to_vec()
+}
+
+async fn migrate(
+    server: &TestServer,
+    name: &str,
+    did: &str,
+    key: Vec<u8>,
+) -> Result<pb::Session, tonic::Status> {
+    client(server)
+        .create_account(pb::CreateAccountRequest {
+            handle: format!("{name}.test"),
+            email: format!("{name}@example.com"),
+            password: "correct horse battery".into(),
+            did: did.into(),
+            signing_key: key.into(),
+        })
+        .await
+        .map(|r| r.into_inner().session.unwrap())
+}
+
+#[tokio::test]
+async fn an_exported_repository_imports_elsewhere_with_the_same_root_and_bad_ones_change_nothing() {
+    let old = TestServer::start().await;
+    let gus = account(&old, "gus").await;
+    for b in 0..5 {
+        write_batch(&old, &gus, &format!("b{b}r"), 10).await;
+    }
+    let exported = export(&old, &gus.did).await;
+    let old_head = head(&old, &gus.did).await;
+
+    // A fresh server: the account arrives with its DID and signing key, then its repository.
+    let new = TestServer::start().await;
+    let key = signing_key(&old, &gus.did).await;
+    let moved = migrate(&new, "gus", &gus.did, key.clone()).await.unwrap();
+    assert_eq!(moved.did, gus.did);
+    let imported = import(&new, &moved, exported.clone()).await.unwrap();
+    assert_eq!(imported.commit.unwrap().cid, old_head.cid);
+    assert_eq!(imported.records, 50);
+    let new_head = head(&new, &gus.did).await;
+    assert_eq!(
+        (new_head.cid.as_str(), new_head.rev.as_str()),
+        (old_head.cid.as_str(), old_head.rev.as_str())
+    );
+    let listed = client(&new)
+        .list_records(pb::ListRecordsRequest {
+            repo: gus.did.clone(),
+            collection: "app.bsky.feed.post".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.records.len(), 50);
+    let reexported = car::read(&export(&new, &gus.did).await).unwrap();
+    let original = car::read(&exported).unwrap();
+    let mut a: Vec<_> = original.blocks.iter().map(|(c, _)| *c).collect();
+    let mut b: Vec<_> = reexported.blocks.iter().map(|(c, _)| *c).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same blocks");
+    // Writing goes on from the imported head.
+    write_batch(&new, &moved, "after", 1).await;
+    assert!(head(&new, &gus.did).await.rev > old_head.rev);
+
+    // Refusals change nothing: a corrupted file, another account's repository, a forged signature.
+    let before = head(&new, &gus.did).await;
+    let mut corrupted = exported.clone();
+    let last = corrupted.len() - 5;
+    corrupted[last] ^= 0x55;
+    let error = import(&new, &moved, corrupted).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let ivy = account(&old, "ivy").await;
+    let error = import(&new, &moved, export(&old, &ivy.did).await)
+        .await
+        .unwrap_err();
+    assert_eq!(crate::harness::reason_of(&error), "WRONG_DID");
+    let forger = TestServer::start().await;
+    let forged_account = migrate(
+        &forger,
+        "gus",
+        &gus.did,
+        quintet::pds::keys::SigningKey::generate()
+            .to_bytes()
+            .to_vec(),
+    )
+    .await
+    .unwrap();
+    write_batch(&forger, &forged_account, "evil", 3).await;
+    let error = import(&new, &moved, export(&forger, &gus.did).await)
+        .await
+        .unwrap_err();
+    assert_eq!(crate::harness::reason_of(&error), "BAD_SIGNATURE");
+    assert_eq!(head(&new, &gus.did).await.cid, before.cid);
+    // An existing DID cannot be taken over by a second account.
+    assert_eq!(
+        migrate(&new, "gus2", &gus.did, key)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
 }

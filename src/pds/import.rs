@@ -1,0 +1,182 @@
+//! Repository import (account migration): a CAR file replaces an account's repository, but only
+//! after every block's CID is checked, the commit is shown to be the account's (its DID, signed by
+//! its signing key), and the tree rebuilt from its keys gives the commit's root, so a corrupted,
+//! forged or foreign file changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cid::Cid;
+use futures::future::BoxFuture;
+use ipld_core::ipld::Ipld;
+use sqlx::PgPool;
+
+use super::{
+    car, data,
+    keys::PublicKey,
+    mst::{Mst, Node, NodeSource},
+    queries,
+    repo::Head,
+    sequencer, syntax,
+};
+use crate::{
+    error::{Error, Result},
+    proto::quintet::pds::v1::{self as pb, subscribe_repos_response::Event},
+};
+
+/// What an import stored.
+pub struct Imported {
+    pub head: Head,
+    pub records: usize,
+    pub blocks: usize,
+}
+
+fn refuse(reason: &'static str, why: impl Into<String>) -> Error {
+    Error::invalid_argument_because(reason, "chunk", why)
+}
+
+/// Nothing stored: the rebuilt tree lives in memory only.
+struct Unstored;
+
+impl NodeSource for Unstored {
+    fn node(&self, cid: Cid) -> BoxFuture<'_, Result<Node>> {
+        Box::pin(async move { Err(Error::DataLoss(format!("block {cid} is not in memory"))) })
+    }
+}
+
+/// Checks `file` as `did`'s repository signed by `key`, then replaces the stored repository with
+/// it in one transaction.
+pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> Result<Imported> {
+    let parsed = car::read(file).map_err(|e| refuse("INVALID_CAR", e.0))?;
+    let [root] = parsed.roots[..] else {
+        return Err(refuse(
+            "INVALID_CAR",
+            "a repository CAR has exactly one root, its commit",
+        ));
+    };
+    let blocks: HashMap<Cid, Vec<u8>> = parsed.blocks.into_iter().collect();
+    let commit_bytes = blocks
+        .get(&root)
+        .ok_or_else(|| refuse("INVALID_CAR", "the root commit's block is missing"))?;
+    let Ok(Ipld::Map(mut commit)) = data::decode(commit_bytes) else {
+        return Err(refuse("INVALID_COMMIT", "the commit is not a DAG-CBOR map"));
+    };
+    let Some(Ipld::Bytes(signature)) = commit.remove("sig") else {
+        return Err(refuse("INVALID_COMMIT", "the commit has no signature"));
+    };
+    match commit.get("did") {
+        Some(Ipld::String(owner)) if owner == did => {}
+        Some(Ipld::String(owner)) => {
+            return Err(refuse(
+                "WRONG_DID",
+                format!("the repository belongs to {owner}, not {did}"),
+            ));
+        }
+        _ => return Err(refuse("INVALID_COMMIT", "the commit names no DID")),
+    }
+    if commit.get("version") != Some(&Ipld::Integer(3)) {
+        return Err(refuse(
+            "INVALID_COMMIT",
+            "only version 3 commits are accepted",
+        ));
+    }
+    let rev = match commit.get("rev") {
+        Some(Ipld::String(rev)) if syntax::is_tid(rev) => rev.clone(),
+        _ => return Err(refuse("INVALID_COMMIT", "the commit's rev is not a TID")),
+    };
+    let Some(Ipld::Link(data_root)) = commit.get("data").cloned() else {
+        return Err(refuse("INVALID_COMMIT", "the commit has no data root"));
+    };
+    if !key.verify(&data::encode(&Ipld::Map(commit)), &signature) {
+        return Err(refuse(
+            "BAD_SIGNATURE",
+            "the commit is not signed by the account's signing key",
+        ));
+    }
+
+    // Walk the tree from the CAR's blocks alone: every node and record must be there.
+    let mut leaves: BTreeMap<Vec<u8>, Cid> = BTreeMap::new();
+    let mut keep: Vec<(Cid, Vec<u8>)> = vec![(root, commit_bytes.clone())];
+    let mut pending = vec![data_root];
+    let missing = |cid: &Cid| refuse("INVALID_CAR", format!("block {cid} is missing"));
+    while let Some(cid) = pending.pop() {
+        let bytes = blocks.get(&cid).ok_or_else(|| missing(&cid))?;
+        let node = data::decode(bytes)
+            .and_then(|value| Node::from_ipld(&value))
+            .map_err(|e| refuse("INVALID_TREE", format!("node {cid}: {}", e.0)))?;
+        keep.push((cid, bytes.clone()));
+        pending.extend(node.left);
+        for entry in node.entries {
+            pending.extend(entry.right);
+            let path = std::str::from_utf8(&entry.key)
+                .ok()
+                .and_then(|p| p.split_once('/'))
+                .filter(|(c, k)| syntax::is_nsid(c) && syntax::is_record_key(k));
+            if path.is_none() {
+                return Err(refuse(
+                    "INVALID_TREE",
+                    format!(
+                        "{:?} is not a collection/record-key path",
+                        String::from_utf8_lossy(&entry.key)
+                    ),
+                ));
+            }
+            if leaves.insert(entry.key, entry.value).is_some() {
+                return Err(refuse("INVALID_TREE", "a key appears twice"));
+            }
+        }
+    }
+    let mut records = Vec::with_capacity(leaves.len());
+    let mut seen = std::collections::HashSet::new();
+    for (key, cid) in &leaves {
+        let bytes = blocks.get(cid).ok_or_else(|| missing(cid))?;
+        data::decode(bytes)
+            .map_err(|e| refuse("INVALID_RECORD", format!("record {cid}: {}", e.0)))?;
+        if seen.insert(*cid) {
+            keep.push((*cid, bytes.clone()));
+        }
+        let path = String::from_utf8(key.clone()).expect("checked above");
+        let (collection, rkey) = path.split_once('/').expect("checked above");
+        records.push((collection.to_owned(), rkey.to_owned(), cid.to_string()));
+    }
+
+    // The tree must be the canonical one for its keys.
+    let mut rebuilt = Mst::new(&Unstored);
+    let mut at = rebuilt.empty_root();
+    for (key, cid) in &leaves {
+        at = rebuilt.put(at, key, *cid).await?;
+    }
+    if at != data_root {
+        return Err(refuse(
+            "INVALID_TREE",
+            format!("the tree rebuilt from its keys has root {at}, not {data_root}"),
+        ));
+    }
+
+    let mut tx = pool.begin().await?;
+    queries::lock_repo(&mut tx, did)
+        .await?
+        .ok_or_else(|| Error::not_found("repo", did))?;
+    queries::clear_repo(&mut tx, did).await?;
+    for chunk in keep.chunks(5000) {
+        queries::insert_blocks(&mut *tx, did, &rev, chunk).await?;
+    }
+    for chunk in records.chunks(5000) {
+        queries::insert_records(&mut *tx, did, &rev, chunk).await?;
+    }
+    queries::update_repo(&mut *tx, did, &root.to_string(), &rev).await?;
+    let mut slice = car::header(&root);
+    slice.extend(car::block(&root, commit_bytes));
+    let event = Event::Sync(pb::SyncEvent {
+        did: did.to_owned(),
+        commit: root.to_string(),
+        rev: rev.clone(),
+        blocks: slice.into(),
+    });
+    sequencer::sequence(&mut tx, did, event).await?;
+    tx.commit().await?;
+    Ok(Imported {
+        head: Head { cid: root, rev },
+        records: records.len(),
+        blocks: keep.len(),
+    })
+}
