@@ -298,6 +298,10 @@ pub struct Config {
     )]
     pub pds_firehose_retention_hours: i64,
 
+    /// Largest blob a PDS account may upload, in bytes.
+    #[arg(long, env = "QUINTET_PDS_MAX_BLOB_BYTES", default_value_t = 50 * 1024 * 1024, global = true)]
+    pub pds_max_blob_bytes: u64,
+
     /// Installation workers each server process runs (0: this process runs no jobs).
     #[arg(
         long,

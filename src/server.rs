@@ -370,6 +370,8 @@ pub async fn start(
             .collect(),
         notifier: shared.notifier.clone(),
         retention_hours: config.pds_firehose_retention_hours.max(1),
+        blobs: shared.blobs.scoped("pds"),
+        max_blob_bytes: config.pds_max_blob_bytes,
         shutdown: shutdown.clone(),
     };
     let collector = pds.clone();
@@ -484,6 +486,7 @@ fn spawn_upload_collector(shared: Shared) {
             shared.blobs.scoped("store"),
             shared.blobs.scoped("griot"),
             shared.blobs.scoped("market"),
+            shared.blobs.scoped("pds"),
         ];
         loop {
             for blobs in &scopes {

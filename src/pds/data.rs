@@ -39,6 +39,13 @@ pub fn cid_for(codec: u64, bytes: &[u8]) -> Cid {
     Cid::new_v1(codec, hash)
 }
 
+/// The CIDv1 of a blob (raw codec) from its SHA-256.
+pub fn raw_cid(sha256: &[u8; 32]) -> Cid {
+    let hash =
+        cid::multihash::Multihash::<64>::wrap(SHA2_256, sha256).expect("a 32-byte digest fits");
+    Cid::new_v1(RAW, hash)
+}
+
 /// Encodes a value as DAG-CBOR (map keys in the canonical length-first order).
 pub fn encode(value: &Ipld) -> Vec<u8> {
     serde_ipld_dagcbor::to_vec(value).expect("IPLD values encode")
@@ -154,6 +161,30 @@ fn check_blob(map: &Map<String, Value>) -> Result<(), DataError> {
         return fail("a blob has a ref ($link), a mimeType string and an integer size");
     }
     Ok(())
+}
+
+/// The blobs a value references: every `{"$type": "blob", "ref": <link>}` object in it.
+pub fn blob_refs(value: &Ipld) -> Vec<Cid> {
+    let mut out = Vec::new();
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Ipld::Map(map) => {
+                if let (Some(Ipld::String(t)), Some(Ipld::Link(cid))) =
+                    (map.get("$type"), map.get("ref"))
+                    && t == "blob"
+                {
+                    out.push(*cid);
+                }
+                pending.extend(map.values());
+            }
+            Ipld::List(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A value as AT Protocol JSON (`$link` for CIDs, `$bytes` for bytes).

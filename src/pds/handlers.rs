@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     auth::{AdminAuth, require_bearer_token},
+    blobs::{self, BlobStore, Sha256, upload_chunks},
     error::{Error, Result},
     master_key::MasterKey,
     notify::{self, Notifier},
@@ -42,6 +43,8 @@ type ResponseStream<T> =
 const EXPORT_CHUNK: usize = 256 * 1024;
 /// Most app passwords per account (each is tried at sign-in).
 const MAX_APP_PASSWORDS: usize = 25;
+/// The [`blobs::lock`] scope of PDS blob bytes: uploads and their collection.
+const BLOB_LOCKS: &str = "pds.blob";
 /// Largest repository ImportRepo accepts, in bytes of CAR.
 const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
 /// Most writes in one ApplyWrites.
@@ -64,6 +67,10 @@ pub struct PdsService {
     pub notifier: Notifier,
     /// Hours the firehose keeps events.
     pub retention_hours: i64,
+    /// Where blobs' bytes are (the shared blob storage, under `pds/`).
+    pub blobs: BlobStore,
+    /// Largest blob accepted.
+    pub max_blob_bytes: u64,
     pub shutdown: CancellationToken,
 }
 
@@ -1326,13 +1333,163 @@ impl pds_service_server::PdsService for PdsService {
             blocks: imported.blocks as i64,
         }))
     }
+
+    async fn upload_blob(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadBlobRequest>>,
+    ) -> std::result::Result<Response<pb::UploadBlobResponse>, Status> {
+        use pb::upload_blob_request::Part;
+        let caller = self.caller(&request).await?;
+        caller.require_active()?;
+        let mut stream = request.into_inner();
+        let mime_type = match stream.message().await? {
+            Some(pb::UploadBlobRequest {
+                part: Some(Part::Header(header)),
+            }) => header.mime_type.trim().to_lowercase(),
+            _ => {
+                return Err(
+                    Error::invalid_argument("header", "the first message is the header").into(),
+                );
+            }
+        };
+        if !is_mime_type(&mime_type) {
+            return Err(Error::invalid_argument(
+                "header.mime_type",
+                "not a type/subtype MIME type",
+            )
+            .into());
+        }
+        let chunks = upload_chunks(stream, |m: pb::UploadBlobRequest| match m.part {
+            Some(Part::Chunk(bytes)) => Some(bytes),
+            _ => None,
+        });
+        let stored = self.blobs.put(chunks, self.max_blob_bytes, "chunk").await?;
+        let cid = data::raw_cid(stored.sha256.as_bytes());
+        let row = queries::BlobRow {
+            cid: cid.to_string(),
+            sha256: stored.sha256.as_bytes().to_vec(),
+            mime_type: mime_type.clone(),
+            size: stored.size as i64,
+        };
+        let mut tx = self.pool.begin().await.map_err(Error::from)?;
+        // The bytes must still be there when the listing commits (a collector may race us).
+        self.blobs.hold(&mut tx, BLOB_LOCKS, &stored.sha256).await?;
+        queries::insert_blob(&mut *tx, caller.did(), &row).await?;
+        tx.commit().await.map_err(Error::from)?;
+        Ok(Response::new(pb::UploadBlobResponse {
+            r#ref: json_to_struct(&serde_json::json!({
+                "$type": "blob",
+                "ref": {"$link": row.cid},
+                "mimeType": row.mime_type,
+                "size": row.size,
+            })),
+            blob: Some(pb::BlobMeta {
+                cid: row.cid,
+                mime_type: row.mime_type,
+                size: row.size,
+            }),
+        }))
+    }
+
+    type GetBlobStream = ResponseStream<pb::GetBlobResponse>;
+
+    async fn get_blob(
+        &self,
+        request: Request<pb::GetBlobRequest>,
+    ) -> std::result::Result<Response<Self::GetBlobStream>, Status> {
+        use pb::get_blob_response::Part;
+        let message = request.into_inner();
+        if !syntax::is_did(&message.did) {
+            return Err(Error::invalid_argument("did", "not a DID").into());
+        }
+        data::parse_cid(&message.cid).map_err(|e| Error::invalid_argument("cid", e.0))?;
+        let account = self.readable_repo("did", &message.did).await?;
+        let row = queries::blob(&self.pool, &account.did, &message.cid)
+            .await?
+            .ok_or_else(|| Error::not_found("blob", message.cid.clone()))?;
+        let sha256 = Sha256::from_slice(&row.sha256)
+            .ok_or_else(|| Error::DataLoss("a stored blob digest is malformed".into()))?;
+        let (_, bytes) = self.blobs.get(&sha256).await?;
+        let (tx, rx) = mpsc::channel(8);
+        let shutdown = self.shutdown.clone();
+        let first = pb::GetBlobResponse {
+            part: Some(Part::Meta(pb::BlobMeta {
+                cid: row.cid,
+                mime_type: row.mime_type,
+                size: row.size,
+            })),
+        };
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let chunk = |bytes| pb::GetBlobResponse {
+                part: Some(Part::Chunk(bytes)),
+            };
+            blobs::send_chunks(&tx, bytes, EXPORT_CHUNK, &shutdown, chunk).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_blobs(
+        &self,
+        request: Request<pb::ListBlobsRequest>,
+    ) -> std::result::Result<Response<pb::ListBlobsResponse>, Status> {
+        let message = request.into_inner();
+        if !syntax::is_did(&message.did) {
+            return Err(Error::invalid_argument("did", "not a DID").into());
+        }
+        let account = self.readable_repo("did", &message.did).await?;
+        let size = page_size("page_size", message.page_size, 500, 1000)?;
+        let (cids, next_page_token) = self
+            .page_tokens
+            .page(
+                &format!("pds.ListBlobs?{}", account.did),
+                &message.page_token,
+                size,
+                |after, limit| queries::blob_cids(&self.pool, &account.did, after, limit),
+                |cid: &String| cid.clone(),
+            )
+            .await?;
+        Ok(Response::new(pb::ListBlobsResponse {
+            cids,
+            next_page_token,
+        }))
+    }
 }
 
 impl PdsService {
-    /// Removes expired refresh tokens and firehose events past retention (hourly).
+    /// Removes expired refresh tokens, firehose events past retention, and blobs no record has
+    /// referenced within an hour of their upload (hourly).
     pub async fn collect_garbage(&self) -> Result<u64> {
-        Ok(queries::delete_expired_refresh_tokens(&self.pool).await?
-            + sequencer::prune(&self.pool, self.retention_hours).await?)
+        let mut removed = queries::delete_expired_refresh_tokens(&self.pool).await?
+            + sequencer::prune(&self.pool, self.retention_hours).await?;
+        for (did, cid) in queries::unreferenced_blobs(&self.pool).await? {
+            match self.collect_blob(&did, &cid).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                // One blob that cannot go now must not stop the others.
+                Err(error) => tracing::warn!(%error, did, cid, "cannot collect a blob"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Unlists one blob if it is still unreferenced, and deletes its bytes if no account lists
+    /// them any more, under the bytes' lock (an upload of the same bytes waits).
+    async fn collect_blob(&self, did: &str, cid: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let Some(sha256) = queries::delete_unreferenced_blob(&mut tx, did, cid).await? else {
+            return Ok(false);
+        };
+        let sha256 = Sha256::from_slice(&sha256)
+            .ok_or_else(|| Error::DataLoss("a stored blob digest is malformed".into()))?;
+        blobs::lock(&mut tx, BLOB_LOCKS, &sha256).await?;
+        if !queries::blob_bytes_listed(&mut *tx, sha256.as_bytes()).await? {
+            self.blobs.delete(&sha256).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -1412,4 +1569,17 @@ impl PdsService {
         });
         Box::pin(ReceiverStream::new(rx))
     }
+}
+
+/// A MIME type: `type/subtype`, lowercase letters, digits and `.+-_` (parameters not allowed).
+fn is_mime_type(text: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".+-_".contains(&b))
+    };
+    text.len() <= 100
+        && text
+            .split_once('/')
+            .is_some_and(|(t, s)| part(t) && part(s))
 }

@@ -126,11 +126,16 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
         }
     }
     let mut records = Vec::with_capacity(leaves.len());
+    let mut blob_links: Vec<(String, Vec<String>)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (key, cid) in &leaves {
         let bytes = blocks.get(cid).ok_or_else(|| missing(cid))?;
-        data::decode(bytes)
+        let value = data::decode(bytes)
             .map_err(|e| refuse("INVALID_RECORD", format!("record {cid}: {}", e.0)))?;
+        let refs: Vec<String> = data::blob_refs(&value).iter().map(Cid::to_string).collect();
+        if !refs.is_empty() {
+            blob_links.push((String::from_utf8_lossy(key).into_owned(), refs));
+        }
         if seen.insert(*cid) {
             keep.push((*cid, bytes.clone()));
         }
@@ -162,6 +167,9 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
     }
     for chunk in records.chunks(5000) {
         queries::insert_records(&mut *tx, did, &rev, chunk).await?;
+    }
+    for (path, refs) in &blob_links {
+        queries::set_record_blobs(&mut tx, did, path, refs).await?;
     }
     queries::update_repo(&mut *tx, did, &root.to_string(), &rev).await?;
     let mut slice = car::header(&root);

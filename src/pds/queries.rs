@@ -107,6 +107,7 @@ pub async fn delete_account(tx: &mut PgConnection, did: &str) -> Result<()> {
         "DELETE FROM pds.repo_blocks WHERE repo_did = $1",
         "DELETE FROM pds.refresh_tokens WHERE did = $1",
         "DELETE FROM pds.app_passwords WHERE did = $1",
+        "DELETE FROM pds.record_blobs WHERE did = $1",
         "UPDATE pds.accounts SET status = 'deleted', handle = NULL, email = NULL,
              status_changed_at = now() WHERE did = $1",
     ] {
@@ -494,6 +495,10 @@ pub async fn collections<'e>(executor: impl PgExecutor<'e>, did: &str) -> Result
 
 /// Empties a repository's blocks and listing (an import replaces them).
 pub async fn clear_repo(tx: &mut PgConnection, did: &str) -> Result<()> {
+    sqlx::query("DELETE FROM pds.record_blobs WHERE did = $1")
+        .bind(did)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM pds.records WHERE did = $1")
         .bind(did)
         .execute(&mut *tx)
@@ -528,4 +533,164 @@ pub async fn insert_records<'e>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+// ---- Blobs -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BlobRow {
+    pub cid: String,
+    pub sha256: Vec<u8>,
+    pub mime_type: String,
+    pub size: i64,
+}
+
+/// Lists an uploaded blob for an account (uploading the same bytes again keeps the first type).
+pub async fn insert_blob<'e>(
+    executor: impl PgExecutor<'e>,
+    did: &str,
+    blob: &BlobRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO pds.blobs (did, cid, sha256, mime_type, size) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (did, cid) DO UPDATE SET created_at = now()",
+    )
+    .bind(did)
+    .bind(&blob.cid)
+    .bind(&blob.sha256)
+    .bind(&blob.mime_type)
+    .bind(blob.size)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+pub async fn blob<'e>(
+    executor: impl PgExecutor<'e>,
+    did: &str,
+    cid: &str,
+) -> Result<Option<BlobRow>> {
+    Ok(sqlx::query_as(
+        "SELECT cid, sha256, mime_type, size FROM pds.blobs WHERE did = $1 AND cid = $2",
+    )
+    .bind(did)
+    .bind(cid)
+    .fetch_optional(executor)
+    .await?)
+}
+
+pub async fn blob_cids<'e>(
+    executor: impl PgExecutor<'e>,
+    did: &str,
+    after: Option<String>,
+    limit: i64,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT cid FROM pds.blobs WHERE did = $1 AND ($2::text IS NULL OR cid > $2)
+         ORDER BY cid LIMIT $3",
+    )
+    .bind(did)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Of `cids`, those the account has uploaded, locked against collection until the transaction
+/// ends.
+pub async fn lock_blobs(tx: &mut PgConnection, did: &str, cids: &[String]) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT cid FROM pds.blobs WHERE did = $1 AND cid = ANY($2) FOR SHARE")
+            .bind(did)
+            .bind(cids)
+            .fetch_all(&mut *tx)
+            .await?,
+    )
+}
+
+/// Records which blobs a record references (replacing what it referenced before).
+pub async fn set_record_blobs(
+    tx: &mut PgConnection,
+    did: &str,
+    path: &str,
+    cids: &[String],
+) -> Result<()> {
+    sqlx::query("DELETE FROM pds.record_blobs WHERE did = $1 AND record_path = $2")
+        .bind(did)
+        .bind(path)
+        .execute(&mut *tx)
+        .await?;
+    if !cids.is_empty() {
+        sqlx::query(
+            "INSERT INTO pds.record_blobs (did, record_path, blob_cid)
+             SELECT $1, $2, blob FROM UNNEST($3::text[]) AS b (blob) ON CONFLICT DO NOTHING",
+        )
+        .bind(did)
+        .bind(path)
+        .bind(cids)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Blobs uploaded more than an hour ago that no record references: (did, cid).
+pub async fn unreferenced_blobs<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT b.did, b.cid FROM pds.blobs b
+         WHERE b.created_at < now() - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM pds.record_blobs r
+                           WHERE r.did = b.did AND r.blob_cid = b.cid)
+         LIMIT 10000",
+    )
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Deletes a blob's listing if, under its lock, it is still unreferenced and old; returns its
+/// SHA-256 if deleted.
+pub async fn delete_unreferenced_blob(
+    tx: &mut PgConnection,
+    did: &str,
+    cid: &str,
+) -> Result<Option<Vec<u8>>> {
+    let locked: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT sha256 FROM pds.blobs WHERE did = $1 AND cid = $2
+           AND created_at < now() - interval '1 hour' FOR UPDATE",
+    )
+    .bind(did)
+    .bind(cid)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(sha256) = locked else {
+        return Ok(None);
+    };
+    let referenced: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pds.record_blobs WHERE did = $1 AND blob_cid = $2)",
+    )
+    .bind(did)
+    .bind(cid)
+    .fetch_one(&mut *tx)
+    .await?;
+    if referenced {
+        return Ok(None);
+    }
+    sqlx::query("DELETE FROM pds.blobs WHERE did = $1 AND cid = $2")
+        .bind(did)
+        .bind(cid)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(sha256))
+}
+
+/// Whether any account still lists bytes with this SHA-256.
+pub async fn blob_bytes_listed<'e>(executor: impl PgExecutor<'e>, sha256: &[u8]) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pds.blobs WHERE sha256 = $1)")
+            .bind(sha256)
+            .fetch_one(executor)
+            .await?,
+    )
 }

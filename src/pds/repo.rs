@@ -223,6 +223,7 @@ pub async fn apply(
     };
     let mut mst = Mst::new(&source);
     let mut record_blocks = Vec::new();
+    let mut blob_links: Vec<(String, Vec<String>)> = Vec::new();
     let mut applied = Vec::with_capacity(ops.len());
     for op in ops {
         let (collection, rkey) = match &op {
@@ -263,11 +264,33 @@ pub async fn apply(
         }
         let cid = match op {
             Op::Create { record, .. } | Op::Put { record, .. } => {
+                // Referenced blobs must have been uploaded; they are locked against collection
+                // until this commit is in.
+                let refs: Vec<String> = data::blob_refs(&record)
+                    .iter()
+                    .map(Cid::to_string)
+                    .collect();
+                if !refs.is_empty() {
+                    let found = {
+                        let mut connection = source.connection.lock().await;
+                        queries::lock_blobs(&mut connection, did, &refs).await?
+                    };
+                    if let Some(missing) = refs.iter().find(|r| !found.contains(r)) {
+                        return Err(Error::invalid_argument(
+                            "record",
+                            format!("blob {missing} was not uploaded to this repository"),
+                        ));
+                    }
+                }
+                blob_links.push((path.clone(), refs));
                 let (cid, bytes) = data::block(&record);
                 record_blocks.push((cid, bytes));
                 Some(cid)
             }
-            Op::Delete { .. } => None,
+            Op::Delete { .. } => {
+                blob_links.push((path.clone(), Vec::new()));
+                None
+            }
         };
         applied.push(Applied {
             collection,
@@ -333,6 +356,9 @@ pub async fn apply(
             }
             None => queries::delete_record(&mut *tx, did, &write.collection, &write.rkey).await?,
         }
+    }
+    for (path, refs) in &blob_links {
+        queries::set_record_blobs(&mut tx, did, path, refs).await?;
     }
     queries::update_repo(&mut *tx, did, &commit.to_string(), &rev).await?;
     let event = pb::CommitEvent {

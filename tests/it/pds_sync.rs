@@ -526,3 +526,194 @@ async fn an_exported_repository_imports_elsewhere_with_the_same_root_and_bad_one
         Code::AlreadyExists
     );
 }
+
+async fn upload(
+    server: &TestServer,
+    session: &pb::Session,
+    mime: &str,
+    bytes: &[u8],
+) -> Result<pb::UploadBlobResponse, tonic::Status> {
+    use pb::upload_blob_request::Part;
+    let mut messages = vec![pb::UploadBlobRequest {
+        part: Some(Part::Header(pb::BlobHeader {
+            mime_type: mime.into(),
+        })),
+    }];
+    for chunk in bytes.chunks(64 * 1024) {
+        messages.push(pb::UploadBlobRequest {
+            part: Some(Part::Chunk(chunk.to_vec().into())),
+        });
+    }
+    client(server)
+        .upload_blob(authed(tokio_stream::iter(messages), &session.access_jwt))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn blobs_are_uploaded_served_referenced_and_collected_when_unreferenced() {
+    let server = TestServer::start_with(|c| c.pds_max_blob_bytes = 1024 * 1024).await;
+    let jo = account(&server, "jo").await;
+    let picture: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let uploaded = upload(&server, &jo, "image/png", &picture).await.unwrap();
+    let meta = uploaded.blob.clone().unwrap();
+    assert!(
+        meta.cid.starts_with("bafkrei"),
+        "raw sha2-256: {}",
+        meta.cid
+    );
+    assert_eq!((meta.size, meta.mime_type.as_str()), (300_000, "image/png"));
+    // The same CID the data model gives the bytes.
+    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &picture)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    assert_eq!(meta.cid, data::raw_cid(&sha).to_string());
+
+    // Served back whole; listed.
+    let mut stream = client(&server)
+        .get_blob(pb::GetBlobRequest {
+            did: jo.did.clone(),
+            cid: meta.cid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    let mut served_meta = None;
+    while let Some(message) = stream.next().await {
+        match message.unwrap().part.unwrap() {
+            pb::get_blob_response::Part::Meta(m) => served_meta = Some(m),
+            pb::get_blob_response::Part::Chunk(c) => bytes.extend_from_slice(&c),
+        }
+    }
+    assert_eq!(served_meta.unwrap(), meta);
+    assert_eq!(bytes, picture);
+    let listed = client(&server)
+        .list_blobs(pb::ListBlobsRequest {
+            did: jo.did.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.cids, vec![meta.cid.clone()]);
+
+    // Limits: MIME syntax and size.
+    assert_eq!(
+        field_of(&upload(&server, &jo, "not a type", b"x").await.unwrap_err()),
+        "header.mime_type"
+    );
+    let error = upload(
+        &server,
+        &jo,
+        "application/octet-stream",
+        &vec![0u8; 2 * 1024 * 1024],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (error.code(), field_of(&error)),
+        (Code::InvalidArgument, "chunk".to_owned())
+    );
+
+    // A record may reference an uploaded blob, not an unknown one.
+    let post = |blob: serde_json::Value| pb::CreateRecordRequest {
+        repo: jo.did.clone(),
+        collection: "app.bsky.feed.post".into(),
+        record: json_to_struct(
+            &json!({"$type": "app.bsky.feed.post", "text": "look", "embed": {"image": blob}}),
+        ),
+        ..Default::default()
+    };
+    let reference = quintet::proto::struct_to_json(uploaded.r#ref.clone());
+    client(&server)
+        .create_record(authed(post(reference), &jo.access_jwt))
+        .await
+        .unwrap();
+    let unknown = json!({"$type": "blob", "ref": {"$link": data::raw_cid(&[7; 32]).to_string()}, "mimeType": "image/png", "size": 1});
+    let error = client(&server)
+        .create_record(authed(post(unknown), &jo.access_jwt))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), field_of(&error)),
+        (Code::InvalidArgument, "record".to_owned())
+    );
+
+    // An unreferenced upload is collected once old; the referenced one and its bytes stay.
+    let orphan = upload(&server, &jo, "text/plain", b"nobody links me")
+        .await
+        .unwrap()
+        .blob
+        .unwrap();
+    let pool = quintet::db::connect(server.database.clone(), 2)
+        .await
+        .unwrap();
+    let collector = collector(&server, pool.clone()).await;
+    assert_eq!(
+        collector.collect_garbage().await.unwrap(),
+        0,
+        "young blobs are spared"
+    );
+    sqlx::query("UPDATE pds.blobs SET created_at = now() - interval '2 hours'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(collector.collect_garbage().await.unwrap(), 1);
+    let gone = client(&server)
+        .get_blob(pb::GetBlobRequest {
+            did: jo.did.clone(),
+            cid: orphan.cid.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let orphan_sha = quintet::blobs::Sha256::of(b"nobody links me");
+    assert!(
+        !collector.blobs.exists(&orphan_sha).await.unwrap(),
+        "its bytes are deleted"
+    );
+    client(&server)
+        .get_blob(pb::GetBlobRequest {
+            did: jo.did.clone(),
+            cid: meta.cid.clone(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A second PDS process on the test server's database and data directory, to run collection.
+async fn collector(server: &TestServer, pool: sqlx::PgPool) -> quintet::pds::PdsService {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (admin, _) = quintet::auth::AdminAuth::init(
+        pool.clone(),
+        Some(&server.admin_token),
+        server.data_dir.path(),
+    )
+    .await
+    .unwrap();
+    quintet::pds::PdsService {
+        pool: pool.clone(),
+        master_key: quintet::master_key::MasterKey::from_bytes(
+            quintet::master_key::Purpose::Pds,
+            [0x88; 32],
+        ),
+        jwt: quintet::pds::tokens::JwtKeys::load(&pool, "did:web:localhost")
+            .await
+            .unwrap(),
+        admin,
+        page_tokens: quintet::page_token::PageTokens::load(&pool).await.unwrap(),
+        endpoint: "http://localhost".into(),
+        handle_domains: Vec::new(),
+        notifier: quintet::notify::Notifier::start(&pool, &[], shutdown.clone())
+            .await
+            .unwrap(),
+        retention_hours: 72,
+        blobs: quintet::blobs::BlobStore::local(&server.data_dir.path().join("blobs"))
+            .unwrap()
+            .scoped("pds"),
+        max_blob_bytes: 1 << 20,
+        shutdown,
+    }
+}
