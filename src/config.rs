@@ -298,6 +298,16 @@ pub struct Config {
     )]
     pub pds_firehose_retention_hours: i64,
 
+    /// Seconds a firehose consumer may leave its buffer full (64 events) before it is
+    /// disconnected with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "QUINTET_PDS_FIREHOSE_STALL_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub pds_firehose_stall_secs: u64,
+
     /// Largest blob a PDS account may upload, in bytes.
     #[arg(long, env = "QUINTET_PDS_MAX_BLOB_BYTES", default_value_t = 50 * 1024 * 1024, global = true)]
     pub pds_max_blob_bytes: u64,

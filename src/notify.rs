@@ -162,15 +162,52 @@ pub async fn notify<'e, E: PgExecutor<'e>>(
 /// should a notification be lost without a resync.
 const FOLLOW_POLL: Duration = Duration::from_secs(30);
 
+/// How long a follower may leave its buffer full before it is disconnected (unless a caller
+/// chooses otherwise).
+pub const STALL: Duration = Duration::from_secs(30);
+/// Messages a follower buffers; one more slot is kept for the status that disconnects it.
+const FOLLOW_BUFFER: usize = 64;
+
+/// Sends `message` unless the receiver keeps its buffer full for `stall`: then the slot kept
+/// free carries RESOURCE_EXHAUSTED and the follower ends (false), so one slow consumer holds no
+/// more than its own buffer and learns why when it reads again.
+async fn send_or_disconnect<T>(
+    tx: &tokio::sync::mpsc::Sender<std::result::Result<T, tonic::Status>>,
+    message: T,
+    stall: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + stall;
+    loop {
+        // One producer: free capacity only grows between this check and the send.
+        if tx.capacity() > 1 {
+            return tx.send(Ok(message)).await.is_ok();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = tx.try_send(Err(tonic::Status::resource_exhausted(format!(
+                "the consumer fell more than {FOLLOW_BUFFER} messages behind for {} s; \
+                 reconnect from the last cursor it received",
+                stall.as_secs_f64()
+            ))));
+            return false;
+        }
+        tokio::select! {
+            _ = tx.closed() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
 /// A server stream of rows after `cursor`, then of new rows as they are committed on any replica.
 /// `fetch(cursor, limit)` returns up to `limit` `(seq, message)` pairs with `seq > cursor`, in seq
 /// order; the stream wakes on notifications on `channel`, and ends when the client goes away,
-/// the server shuts down, or `fetch` fails (with its error).
+/// the server shuts down, `fetch` fails (with its error), or the client leaves its buffer full for
+/// `stall` (RESOURCE_EXHAUSTED).
 pub fn follow<T, F, Fut>(
     notifier: &Notifier,
     channel: &'static str,
     shutdown: CancellationToken,
     mut cursor: i64,
+    stall: Duration,
     mut fetch: F,
 ) -> tokio_stream::wrappers::ReceiverStream<std::result::Result<T, tonic::Status>>
 where
@@ -181,7 +218,7 @@ where
     const BATCH: i64 = 500;
     // Subscribe before the first read: whatever commits after that read wakes us.
     let mut wakeups = notifier.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (tx, rx) = tokio::sync::mpsc::channel(FOLLOW_BUFFER + 1);
     tokio::spawn(async move {
         loop {
             let rows = match fetch(cursor, BATCH).await {
@@ -193,7 +230,7 @@ where
             };
             let caught_up = (rows.len() as i64) < BATCH;
             for (seq, message) in rows {
-                if tx.send(Ok(message)).await.is_err() {
+                if !send_or_disconnect(&tx, message, stall).await {
                     return;
                 }
                 cursor = seq;

@@ -370,6 +370,7 @@ pub async fn start(
             .collect(),
         notifier: shared.notifier.clone(),
         retention_hours: config.pds_firehose_retention_hours.max(1),
+        firehose_stall: Duration::from_secs(config.pds_firehose_stall_secs.max(1)),
         blobs: shared.blobs.scoped("pds"),
         max_blob_bytes: config.pds_max_blob_bytes,
         shutdown: shutdown.clone(),

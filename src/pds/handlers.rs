@@ -67,6 +67,8 @@ pub struct PdsService {
     pub notifier: Notifier,
     /// Hours the firehose keeps events.
     pub retention_hours: i64,
+    /// How long a firehose consumer may leave its buffer full before it is disconnected.
+    pub firehose_stall: std::time::Duration,
     /// Where blobs' bytes are (the shared blob storage, under `pds/`).
     pub blobs: BlobStore,
     /// Largest blob accepted.
@@ -1295,6 +1297,7 @@ impl pds_service_server::PdsService for PdsService {
             sequencer::SEQ_CHANNEL,
             self.shutdown.clone(),
             start,
+            self.firehose_stall,
             move |after, limit| {
                 let pool = pool.clone();
                 async move { sequencer::events_after(&pool, after, limit).await }

@@ -1007,6 +1007,7 @@ impl registry_service_server::RegistryService for RegistryService {
             EVENTS_CHANNEL,
             self.shutdown.clone(),
             cursor,
+            notify::STALL,
             move |after, limit| {
                 let pool = pool.clone();
                 async move {

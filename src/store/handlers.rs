@@ -677,6 +677,7 @@ impl store_service_server::StoreService for StoreService {
             MANIFESTS_CHANNEL,
             self.shutdown.clone(),
             message.after_seq,
+            notify::STALL,
             move |cursor, limit| {
                 let (pool, filter) = (pool.clone(), filter.clone());
                 async move {

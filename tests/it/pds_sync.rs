@@ -710,10 +710,66 @@ async fn collector(server: &TestServer, pool: sqlx::PgPool) -> quintet::pds::Pds
             .await
             .unwrap(),
         retention_hours: 72,
+        firehose_stall: std::time::Duration::from_secs(30),
         blobs: quintet::blobs::BlobStore::local(&server.data_dir.path().join("blobs"))
             .unwrap()
             .scoped("pds"),
         max_blob_bytes: 1 << 20,
         shutdown,
     }
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_is_disconnected_without_slowing_the_others() {
+    let server = TestServer::start_with(|c| c.pds_firehose_stall_secs = 1).await;
+    let kim = account(&server, "kim").await;
+    // The stalled consumer's connection takes little before it stops accepting (a small HTTP/2
+    // window), as a slow client's would.
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = PdsServiceClient::new(narrow)
+        .subscribe_repos(pb::SubscribeReposRequest { cursor: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reader = subscribe(&server, None).await.unwrap();
+    // Enough events, each carrying a few KiB of blocks, to fill the stalled consumer's window
+    // and buffer.
+    let reading = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < 300 {
+            next(&mut reader).await;
+            seen += 1;
+        }
+        seen
+    });
+    for b in 0..300 {
+        write_batch(&server, &kim, &format!("s{b:03}r"), 5).await;
+    }
+    assert_eq!(
+        reading.await.unwrap(),
+        300,
+        "the reading consumer got everything"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The stalled one gets what was buffered, then the reason it was cut off.
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), stalled.message()).await {
+            Ok(Ok(Some(_))) => received += 1,
+            Ok(Ok(None)) => panic!("the stream ended without a status after {received} events"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("no status after {received} events"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        received < 300,
+        "it was cut off, not served everything ({received})"
+    );
 }
