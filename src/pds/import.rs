@@ -6,14 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cid::Cid;
-use futures::future::BoxFuture;
 use ipld_core::ipld::Ipld;
 use sqlx::PgPool;
 
 use super::{
     car, data,
     keys::PublicKey,
-    mst::{Mst, Node, NodeSource},
+    mst::{self, Node},
     queries,
     repo::Head,
     sequencer, syntax,
@@ -32,15 +31,6 @@ pub struct Imported {
 
 fn refuse(reason: &'static str, why: impl Into<String>) -> Error {
     Error::invalid_argument_because(reason, "chunk", why)
-}
-
-/// Nothing stored: the rebuilt tree lives in memory only.
-struct Unstored;
-
-impl NodeSource for Unstored {
-    fn node(&self, cid: Cid) -> BoxFuture<'_, Result<Node>> {
-        Box::pin(async move { Err(Error::DataLoss(format!("block {cid} is not in memory"))) })
-    }
 }
 
 /// Checks `file` as `did`'s repository signed by `key`, then replaces the stored repository with
@@ -145,15 +135,13 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
     }
 
     // The tree must be the canonical one for its keys.
-    let mut rebuilt = Mst::new(&Unstored);
-    let mut at = rebuilt.empty_root();
-    for (key, cid) in &leaves {
-        at = rebuilt.put(at, key, *cid).await?;
-    }
-    if at != data_root {
+    let sorted: Vec<(Vec<u8>, Cid)> = leaves.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let rebuilt = mst::root_of(&sorted);
+    drop(sorted);
+    if rebuilt != data_root {
         return Err(refuse(
             "INVALID_TREE",
-            format!("the tree rebuilt from its keys has root {at}, not {data_root}"),
+            format!("the tree rebuilt from its keys has root {rebuilt}, not {data_root}"),
         ));
     }
 

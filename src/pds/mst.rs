@@ -40,6 +40,44 @@ pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The root of the canonical tree holding `leaves` (sorted by key, keys unique), computed bottom
+/// up without storing anything: what an import checks a received tree against.
+pub fn root_of(leaves: &[(Vec<u8>, Cid)]) -> Cid {
+    let items: Vec<(&[u8], Cid, u32)> = leaves
+        .iter()
+        .map(|(key, value)| (key.as_slice(), *value, height(key)))
+        .collect();
+    let layer = items.iter().map(|i| i.2).max().unwrap_or(0);
+    build_at(&items, layer).unwrap_or_else(|| data::block(&Node::default().to_ipld()).0)
+}
+
+fn build_at(items: &[(&[u8], Cid, u32)], layer: u32) -> Option<Cid> {
+    if items.is_empty() {
+        return None;
+    }
+    let below = |gap: &[(&[u8], Cid, u32)]| {
+        if layer == 0 {
+            None
+        } else {
+            build_at(gap, layer - 1)
+        }
+    };
+    let here: Vec<usize> = (0..items.len()).filter(|&i| items[i].2 == layer).collect();
+    let mut node = Node {
+        left: below(&items[..here.first().copied().unwrap_or(items.len())]),
+        entries: Vec::with_capacity(here.len()),
+    };
+    for (n, &at) in here.iter().enumerate() {
+        let end = here.get(n + 1).copied().unwrap_or(items.len());
+        node.entries.push(Entry {
+            key: items[at].0.to_vec(),
+            value: items[at].1,
+            right: below(&items[at + 1..end]),
+        });
+    }
+    Some(data::block(&node.to_ipld()).0)
+}
+
 /// One entry of a node: a key, its record's CID, and the subtree after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -534,6 +572,21 @@ mod tests {
         }
         assert_eq!(root, mst.empty_root());
         assert!(mst.delete(root, b"a/b").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_bottom_up_root_is_the_incremental_one() {
+        let mut mst = Mst::new(&Nothing);
+        for count in [0, 1, 2, 7, 50, 400] {
+            let keys: Vec<String> = (0..count).map(|i| format!("c.d.e/{i:04}")).collect();
+            let incremental = build(&mut mst, &keys).await;
+            let mut leaves: Vec<(Vec<u8>, Cid)> = keys
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), leaf()))
+                .collect();
+            leaves.sort();
+            assert_eq!(root_of(&leaves), incremental, "{count} keys");
+        }
     }
 
     #[tokio::test]
