@@ -773,3 +773,22 @@ async fn a_consumer_that_stops_reading_is_disconnected_without_slowing_the_other
         "it was cut off, not served everything ({received})"
     );
 }
+
+#[tokio::test]
+async fn the_firehose_of_one_replica_carries_the_commits_of_another() {
+    let server = TestServer::start().await;
+    let replica = server.replica(|_| {}).await;
+    let mut firehose = subscribe(&replica, None).await.unwrap();
+    let lee = account(&server, "lee").await;
+    write_batch(&server, &lee, "x", 2).await;
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        kinds.push(match next(&mut firehose).await.event {
+            Some(Event::Identity(_)) => "identity",
+            Some(Event::Account(_)) => "account",
+            Some(Event::Commit(c)) if c.repo == lee.did => "commit",
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(kinds, ["identity", "account", "commit", "commit"]);
+}
