@@ -33,22 +33,14 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// The file's header naming `root`.
-pub fn header(root: &Cid) -> Vec<u8> {
+/// The file's header naming `roots` (a repository's file names its commit; a bag of blocks, as
+/// GetBlocks answers, none).
+pub fn header(roots: &[Cid]) -> Vec<u8> {
     let header = data::encode(&Ipld::Map(BTreeMap::from([
-        ("roots".to_owned(), Ipld::List(vec![Ipld::Link(*root)])),
-        ("version".to_owned(), Ipld::Integer(1)),
-    ])));
-    let mut out = Vec::with_capacity(header.len() + 2);
-    varint(header.len() as u64, &mut out);
-    out.extend_from_slice(&header);
-    out
-}
-
-/// A header with no roots (a bag of blocks, as GetBlocks answers).
-pub fn header_without_roots() -> Vec<u8> {
-    let header = data::encode(&Ipld::Map(BTreeMap::from([
-        ("roots".to_owned(), Ipld::List(Vec::new())),
+        (
+            "roots".to_owned(),
+            Ipld::List(roots.iter().map(|r| Ipld::Link(*r)).collect()),
+        ),
         ("version".to_owned(), Ipld::Integer(1)),
     ])));
     let mut out = Vec::with_capacity(header.len() + 2);
@@ -129,7 +121,7 @@ mod tests {
     #[test]
     fn files_round_trip_and_tampering_is_caught() {
         let (cid, bytes) = data::block(&Ipld::String("hello".into()));
-        let mut file = header(&cid);
+        let mut file = header(&[cid]);
         file.extend(block(&cid, &bytes));
         let car = read(&file).unwrap();
         assert_eq!(car.roots, vec![cid]);

@@ -264,19 +264,18 @@ impl PdsService {
     }
 
     fn signing_key(&self, account: &AccountRow) -> Result<SigningKey> {
-        let bytes = self
-            .master_key
-            .unwrap(&account.signing_key_priv, account.did.as_bytes())?;
-        SigningKey::from_bytes(&bytes)
-            .ok_or_else(|| Error::DataLoss("a stored signing key is not a key".into()))
+        self.stored_key(account, &account.signing_key_priv, "signing")
     }
 
     fn rotation_key(&self, account: &AccountRow) -> Result<SigningKey> {
-        let bytes = self
-            .master_key
-            .unwrap(&account.rotation_key_priv, account.did.as_bytes())?;
+        self.stored_key(account, &account.rotation_key_priv, "rotation")
+    }
+
+    /// One of an account's keys, unwrapped with the master key.
+    fn stored_key(&self, account: &AccountRow, wrapped: &[u8], which: &str) -> Result<SigningKey> {
+        let bytes = self.master_key.unwrap(wrapped, account.did.as_bytes())?;
         SigningKey::from_bytes(&bytes)
-            .ok_or_else(|| Error::DataLoss("a stored rotation key is not a key".into()))
+            .ok_or_else(|| Error::DataLoss(format!("a stored {which} key is not a key")))
     }
 
     /// The caller of an RPC that takes an access token.
@@ -391,6 +390,14 @@ impl PdsService {
                 "the repository is deactivated",
             )),
         }
+    }
+
+    /// A repository's current commit.
+    async fn head(&self, did: &str) -> Result<Cid> {
+        let (head, _) = queries::repo(&self.pool, did)
+            .await?
+            .ok_or_else(|| Error::not_found("repo", did))?;
+        Cid::from_str(&head).map_err(|_| Error::DataLoss("a stored head is not a CID".into()))
     }
 
     /// The caller's own repository, for writing.
@@ -1050,11 +1057,7 @@ impl pds_service_server::PdsService for PdsService {
             return Err(Error::invalid_argument("did", "not a DID").into());
         }
         let account = self.readable_repo("did", &did).await?;
-        let (head, _) = queries::repo(&self.pool, &account.did)
-            .await?
-            .ok_or_else(|| Error::not_found("repo", did.clone()))?;
-        let head = Cid::from_str(&head)
-            .map_err(|_| Error::DataLoss("a stored head is not a CID".into()))?;
+        let head = self.head(&account.did).await?;
         if !since.is_empty() {
             if !syntax::is_tid(&since) {
                 return Err(Error::invalid_argument("since", "not a revision (TID)").into());
@@ -1186,7 +1189,7 @@ impl pds_service_server::PdsService for PdsService {
         let account = self.readable_repo("did", &message.did).await?;
         let texts: Vec<String> = cids.iter().map(Cid::to_string).collect();
         let found = queries::blocks(&self.pool, &account.did, &texts).await?;
-        let mut file = car::header_without_roots();
+        let mut file = car::header(&[]);
         for (cid, text) in cids.iter().zip(&texts) {
             let bytes = found
                 .get(text)
@@ -1210,15 +1213,11 @@ impl pds_service_server::PdsService for PdsService {
         }
         repo::check_path(&message.collection, &message.rkey)?;
         let account = self.readable_repo("did", &message.did).await?;
-        let (head, _) = queries::repo(&self.pool, &account.did)
-            .await?
-            .ok_or_else(|| Error::not_found("repo", message.did.clone()))?;
-        let head = Cid::from_str(&head)
-            .map_err(|_| Error::DataLoss("a stored head is not a CID".into()))?;
+        let head = self.head(&account.did).await?;
         let commit = queries::block(&self.pool, &account.did, &head.to_string())
             .await?
             .ok_or_else(|| Error::DataLoss(format!("commit {head} is missing")))?;
-        let root = repo::commit_data(&self.pool, &account.did, &head).await?;
+        let root = repo::data_of_commit(&commit)?;
         let key = format!("{}/{}", message.collection, message.rkey);
         let mut connection = self.pool.acquire().await.map_err(Error::from)?;
         let source = repo::StoredNodes {
@@ -1226,7 +1225,7 @@ impl pds_service_server::PdsService for PdsService {
             did: &account.did,
         };
         let mut tree = Mst::new(&source);
-        let mut file = car::header(&head);
+        let mut file = car::header(&[head]);
         file.extend(car::block(&head, &commit));
         for cid in tree.covering_proof(root, key.as_bytes()).await? {
             file.extend(car::block(&cid, &tree.node_block(cid).await?));
@@ -1522,7 +1521,7 @@ impl PdsService {
         let (tx, rx) = mpsc::channel(4);
         let (pool, shutdown) = (self.pool.clone(), self.shutdown.clone());
         tokio::spawn(async move {
-            let mut pending = car::header(&head);
+            let mut pending = car::header(&[head]);
             let mut rows = sqlx::query_as::<_, (String, Vec<u8>)>(
                 "SELECT cid, bytes FROM pds.repo_blocks WHERE repo_did = $1 AND repo_rev > $2
                  ORDER BY repo_rev, cid",

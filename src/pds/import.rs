@@ -160,7 +160,7 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
         queries::set_record_blobs(&mut tx, did, path, refs).await?;
     }
     queries::update_repo(&mut *tx, did, &root.to_string(), &rev).await?;
-    let mut slice = car::header(&root);
+    let mut slice = car::header(&[root]);
     slice.extend(car::block(&root, commit_bytes));
     let event = Event::Sync(pb::SyncEvent {
         did: did.to_owned(),

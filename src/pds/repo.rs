@@ -143,13 +143,7 @@ pub async fn commit_data<'e>(
     let bytes = queries::block(executor, did, &commit.to_string())
         .await?
         .ok_or_else(|| Error::DataLoss(format!("commit {commit} is missing")))?;
-    match data::decode(&bytes).map_err(|e| Error::DataLoss(e.0))? {
-        Ipld::Map(map) => match map.get("data") {
-            Some(Ipld::Link(cid)) => Ok(*cid),
-            _ => Err(Error::DataLoss(format!("commit {commit} has no data"))),
-        },
-        _ => Err(Error::DataLoss(format!("commit {commit} is not a map"))),
-    }
+    data_of_commit(&bytes)
 }
 
 /// Creates a repository's first commit (an empty tree) inside the account's transaction.
@@ -184,7 +178,7 @@ pub async fn create_empty(tx: &mut PgConnection, did: &str, key: &SigningKey) ->
 /// A CAR file rooted at `root` holding `blocks` (each once).
 fn car_slice(root: &Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
     let mut seen = std::collections::HashSet::new();
-    let mut out = car::header(root);
+    let mut out = car::header(&[*root]);
     for (cid, bytes) in blocks {
         if seen.insert(*cid) {
             out.extend(car::block(cid, bytes));
@@ -386,7 +380,7 @@ where
     F: FnMut(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    if !emit(car::header(&head)).await {
+    if !emit(car::header(&[head])).await {
         return Ok(());
     }
     let mut pending = vec![head];
@@ -406,7 +400,7 @@ where
             out.extend(car::block(cid, bytes));
             if first {
                 first = false;
-                pending.push(commit_data_of(bytes)?);
+                pending.push(data_of_commit(bytes)?);
                 continue;
             }
             let value = data::decode(bytes).map_err(|e| Error::DataLoss(e.0))?;
@@ -429,7 +423,8 @@ where
     Ok(())
 }
 
-fn commit_data_of(bytes: &[u8]) -> Result<Cid> {
+/// The `data` root (the MST) a commit block points to.
+pub fn data_of_commit(bytes: &[u8]) -> Result<Cid> {
     match data::decode(bytes).map_err(|e| Error::DataLoss(e.0))? {
         Ipld::Map(map) => match map.get("data") {
             Some(Ipld::Link(cid)) => Ok(*cid),

@@ -137,13 +137,7 @@ async fn gather<M>(mut stream: Streaming<M>, chunk: impl Fn(M) -> bytes::Bytes) 
 }
 
 fn commit_data(bytes: &[u8]) -> Cid {
-    match data::decode(bytes).unwrap() {
-        ipld_core::ipld::Ipld::Map(map) => match map.get("data") {
-            Some(ipld_core::ipld::Ipld::Link(cid)) => *cid,
-            _ => panic!("no data"),
-        },
-        _ => panic!("not a commit"),
-    }
+    quintet::pds::repo::data_of_commit(bytes).unwrap()
 }
 
 #[tokio::test]
