@@ -173,7 +173,7 @@ impl Worker {
         let done = queries::complete_purchase(
             &mut tx,
             due.id,
-            &base64_standard(&wrapped),
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &wrapped),
             &delivery.encryption_iv,
             &delivery.blob_id,
         )
@@ -184,9 +184,4 @@ impl Worker {
         }
         Ok(())
     }
-}
-
-pub fn base64_standard(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

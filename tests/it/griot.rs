@@ -22,7 +22,7 @@ use ring::{
     signature::{Ed25519KeyPair, KeyPair},
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, transport::Channel};
 
@@ -333,13 +333,11 @@ impl ArtifactServer {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let serve = serve.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => request.extend_from_slice(&buffer[..k]),
-                        }
+                    if crate::harness::read_http_request(&mut socket)
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
                     if n < serve.failures || serve.status.is_some() {
                         let code = serve.status.unwrap_or(503);

@@ -285,3 +285,35 @@ pub fn reason_of(status: &tonic::Status) -> String {
         .map(|info| info.reason.clone())
         .unwrap_or_default()
 }
+
+/// Reads one HTTP/1.1 request from a loopback test server's socket: its head (request line and
+/// headers) and its body (`content-length` bytes). `None` if the client went away first.
+pub async fn read_http_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .unwrap_or(0);
+            while request.len() < end + 4 + length {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            return Some((head, request[end + 4..end + 4 + length].to_vec()));
+        }
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buffer[..n]),
+        }
+    }
+}

@@ -19,7 +19,7 @@ use ring::{
     signature::{RSA_PKCS1_SHA256, RsaKeyPair},
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tonic::{Code, Status, transport::Channel};
 
 use crate::harness::{TestServer, authed, field_of};
@@ -94,13 +94,11 @@ impl Issuer {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (served, counter) = (served.clone(), counter.clone());
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buffer[..n]),
-                        }
+                    if crate::harness::read_http_request(&mut socket)
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
                     let body = json!({"keys": *served.lock().unwrap()}).to_string();

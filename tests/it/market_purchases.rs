@@ -18,7 +18,7 @@ use quintet::{
 };
 use ring::{agreement, rand::SystemRandom, signature::Ed25519KeyPair};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tonic::{Code, Status};
 
 use crate::{
@@ -846,31 +846,9 @@ async fn chat_endpoint() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let kept = kept.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                let (head, body) = loop {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&request[..end]).to_string();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        while request.len() < end + 4 + length {
-                            match socket.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => request.extend_from_slice(&buffer[..n]),
-                            }
-                        }
-                        break (head, request[end + 4..end + 4 + length].to_vec());
-                    }
+                let Some((head, body)) = crate::harness::read_http_request(&mut socket).await
+                else {
+                    return;
                 };
                 let body: Value = serde_json::from_slice(&body).unwrap();
                 let failing = body.to_string().contains("fail");

@@ -13,7 +13,7 @@ use std::{
 use quintet::proto::quintet::registry::v1::{
     self as pb, registry_service_client::RegistryServiceClient,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, transport::Channel};
 
@@ -40,16 +40,11 @@ impl FakeIdentity {
                 };
                 let identity = served.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some((head, _)) = crate::harness::read_http_request(&mut socket).await
+                    else {
+                        return;
+                    };
                     identity.calls.fetch_add(1, Ordering::SeqCst);
-                    let head = String::from_utf8_lossy(&head).to_string();
                     let token = head
                         .lines()
                         .find_map(|l| {
