@@ -13,7 +13,7 @@ rm -rf "$DATA"; mkdir -p "$DATA"
 # Followers hold one file descriptor each on the client side.
 ulimit -n 65536 2>/dev/null || true
 
-QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50072 QUINTET_LOG=warn QUINTET_GRIOT_WORKERS=0 \
+QUINTET_RATE_LIMIT_PER_SEC=0 QUINTET_ANONYMOUS_RATE_LIMIT_PER_SEC=0 QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50072 QUINTET_LOG=warn QUINTET_GRIOT_WORKERS=0 \
     target/release/quintet &
 PID=$!
 trap 'kill -TERM $PID; wait $PID' EXIT

@@ -10,7 +10,7 @@ DATAPODS=${2:-100000}
 MIB=${3:-256}
 rm -rf "$DATA"; mkdir -p "$DATA"
 
-QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50073 QUINTET_LOG=warn target/release/quintet &
+QUINTET_RATE_LIMIT_PER_SEC=0 QUINTET_ANONYMOUS_RATE_LIMIT_PER_SEC=0 QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50073 QUINTET_LOG=warn target/release/quintet &
 PID=$!
 trap 'kill -TERM $PID; wait $PID' EXIT
 until [ -s "$DATA/admin-token" ] && grpcurl -plaintext 127.0.0.1:50073 grpc.health.v1.Health/Check >/dev/null 2>&1; do sleep 0.1; done

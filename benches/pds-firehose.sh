@@ -8,7 +8,7 @@ DATA=${1:-/tmp/quintet-firehose-bench}
 SECONDS_PER_RUN=${2:-10}
 rm -rf "$DATA"; mkdir -p "$DATA"
 ulimit -n 65536 2>/dev/null || true
-QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50074 QUINTET_LOG=warn target/release/quintet &
+QUINTET_RATE_LIMIT_PER_SEC=0 QUINTET_ANONYMOUS_RATE_LIMIT_PER_SEC=0 QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50074 QUINTET_LOG=warn target/release/quintet &
 PID=$!
 trap 'kill -TERM $PID; wait $PID' EXIT
 until grpcurl -plaintext 127.0.0.1:50074 grpc.health.v1.Health/Check >/dev/null 2>&1; do sleep 0.1; done

@@ -16,7 +16,7 @@ dd if="$DATA/dd.test" of=/dev/null bs=1M iflag=direct 2>&1 | tail -1 | sed 's/^/
 dd if="$DATA/dd.test" of=/dev/null bs=1M 2>&1 | tail -1 | sed 's/^/read (page cache): /'
 rm -f "$DATA/dd.test"
 
-QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50071 QUINTET_LOG=warn target/release/quintet &
+QUINTET_RATE_LIMIT_PER_SEC=0 QUINTET_ANONYMOUS_RATE_LIMIT_PER_SEC=0 QUINTET_DATA_DIR="$DATA" QUINTET_LISTEN=127.0.0.1:50071 QUINTET_LOG=warn target/release/quintet &
 PID=$!
 trap 'kill -TERM $PID; wait $PID' EXIT
 until [ -s "$DATA/admin-token" ] && grpcurl -plaintext 127.0.0.1:50071 grpc.health.v1.Health/Check >/dev/null 2>&1; do sleep 0.1; done

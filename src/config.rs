@@ -134,6 +134,35 @@ pub struct Config {
     )]
     pub concurrency_limit: usize,
 
+    /// Calls per second one bearer token may make, sustained (a token bucket per token, per
+    /// process); over it a call fails with RESOURCE_EXHAUSTED. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "QUINTET_RATE_LIMIT_PER_SEC",
+        default_value_t = 500,
+        global = true
+    )]
+    pub rate_limit_per_sec: u32,
+
+    /// Calls one bearer token may make at once above its sustained rate (the bucket's size).
+    #[arg(
+        long,
+        env = "QUINTET_RATE_LIMIT_BURST",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub rate_limit_burst: u32,
+
+    /// Calls per second from one client IP address that carry no token (bursts of twice as
+    /// many). 0 turns the limit off.
+    #[arg(
+        long,
+        env = "QUINTET_ANONYMOUS_RATE_LIMIT_PER_SEC",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub anonymous_rate_limit_per_sec: u32,
+
     /// Largest number of database connections this process opens.
     #[arg(
         long,

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod page_token;
 pub mod pds;
 pub mod proto;
+pub mod rate_limit;
 pub mod registry;
 pub mod server;
 pub mod store;

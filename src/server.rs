@@ -1,6 +1,6 @@
 //! Start-up and shutdown of the gRPC server: the shared state every service gets, the router
-//! with its layers (tracing and metrics, concurrency limit, request timeout), health, reflection,
-//! and the graceful drain.
+//! with its layers (tracing and metrics, per-caller rate limits, concurrency limit, request
+//! timeout), health, reflection, and the graceful drain.
 
 use std::{
     net::SocketAddr,
@@ -26,6 +26,7 @@ use crate::{
     market::MarketService,
     notify::Notifier,
     page_token::PageTokens,
+    rate_limit::{Rate, RateLimitLayer, RateLimiter},
     proto::{
         self,
         quintet::{
@@ -394,6 +395,14 @@ pub async fn start(
 
     let layers = ServiceBuilder::new()
         .layer(RpcLayer::new(known_methods))
+        // Before the concurrency limit: a flooding caller is turned away without taking a slot.
+        .layer(RateLimitLayer::new(RateLimiter::new(
+            Rate::new(config.rate_limit_per_sec, config.rate_limit_burst),
+            Rate::new(
+                config.anonymous_rate_limit_per_sec,
+                config.anonymous_rate_limit_per_sec.saturating_mul(2),
+            ),
+        )))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.concurrency_limit,
         ));

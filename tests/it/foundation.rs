@@ -344,3 +344,64 @@ async fn the_concurrency_limit_queues_and_grpc_timeout_bounds_the_wait() {
     let _ = held.await;
     assert_eq!(check(&server, "").await.unwrap(), ServingStatus::Serving);
 }
+
+#[tokio::test]
+async fn a_flooding_token_is_rate_limited_without_hurting_others() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_per_sec = 2;
+        c.rate_limit_burst = 5;
+        c.anonymous_rate_limit_per_sec = 3;
+    })
+    .await;
+    let admin = server.admin_token.expose().to_owned();
+    let mut client = AdminServiceClient::new(server.channel.clone());
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let answer = client
+            .get_server_info(authed(GetServerInfoRequest {}, &admin))
+            .await;
+        codes.push(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()));
+    }
+    // The burst of five passes; the rest are turned away at once.
+    assert_eq!(&codes[..5], &[Code::Ok; 5]);
+    assert!(codes[5..].iter().all(|c| *c == Code::ResourceExhausted), "{codes:?}");
+    let status = client
+        .get_server_info(authed(GetServerInfoRequest {}, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(crate::harness::reason_of(&status), "RATE_LIMITED");
+    let retry = status.get_error_details().retry_info().unwrap().retry_delay;
+    assert!(retry.is_some_and(|d| d > Duration::ZERO && d <= Duration::from_secs(1)));
+
+    // Another caller has a bucket of its own: here a wrong token, refused on its merits.
+    let other = client
+        .get_server_info(authed(GetServerInfoRequest {}, "someone-else"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::Unauthenticated);
+
+    // Calls without a token share their address's bucket (a burst of twice the rate); health
+    // checks are never limited.
+    let mut anonymous = Vec::new();
+    for _ in 0..8 {
+        anonymous.push(
+            client
+                .get_server_info(GetServerInfoRequest {})
+                .await
+                .unwrap_err()
+                .code(),
+        );
+    }
+    assert_eq!(&anonymous[..6], &[Code::Unauthenticated; 6]);
+    assert_eq!(&anonymous[6..], &[Code::ResourceExhausted; 2]);
+    for _ in 0..20 {
+        assert_eq!(check(&server, "").await.unwrap(), ServingStatus::Serving);
+    }
+
+    // The limited token comes back once its bucket refills.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client
+        .get_server_info(authed(GetServerInfoRequest {}, &admin))
+        .await
+        .unwrap();
+}
