@@ -1,5 +1,6 @@
 //! The one integration-test binary: the real server, a real PostgreSQL, real gRPC clients.
 
+mod authz;
 mod binary;
 mod foundation;
 mod griot;

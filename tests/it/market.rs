@@ -156,9 +156,14 @@ impl Market {
             .map(|r| r.into_inner())
     }
 
+    /// A valid ID token for `sub`, signed by the test issuer.
+    pub(crate) fn id_token(&self, sub: &str) -> String {
+        id_token(&self.key, "k1", "RS256", &claims(sub, sub))
+    }
+
     /// Signs `sub` in; returns the session token.
     pub(crate) async fn user(&self, sub: &str) -> String {
-        self.sign_in_with(id_token(&self.key, "k1", "RS256", &claims(sub, sub)))
+        self.sign_in_with(self.id_token(sub))
             .await
             .unwrap()
             .session_token

@@ -25,7 +25,7 @@ fn client(server: &TestServer) -> PdsServiceClient<Channel> {
     PdsServiceClient::new(server.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
 }
 
-async fn create_account(server: &TestServer, handle: &str) -> pb::Session {
+pub(crate) async fn create_account(server: &TestServer, handle: &str) -> pb::Session {
     client(server)
         .create_account(pb::CreateAccountRequest {
             handle: handle.into(),
@@ -40,7 +40,7 @@ async fn create_account(server: &TestServer, handle: &str) -> pb::Session {
         .unwrap()
 }
 
-fn post(text: &str) -> Option<prost_types::Struct> {
+pub(crate) fn post(text: &str) -> Option<prost_types::Struct> {
     json_to_struct(&json!({
         "$type": "app.bsky.feed.post",
         "text": text,
@@ -83,16 +83,12 @@ async fn sign_in(
 }
 
 /// `token` with its expiry moved into the past, signed again with the server's own key.
-async fn expired_copy(server: &TestServer, token: &str) -> String {
+pub(crate) async fn expired_copy(server: &TestServer, token: &str) -> String {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     let pool = sqlx::PgPool::connect_with(server.database.clone())
         .await
         .unwrap();
-    let key: Vec<u8> =
-        sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = 'pds.jwt_key'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let key = crate::harness::pds_jwt_key(&pool).await;
     let mut parts = token.split('.');
     let header = parts.next().unwrap();
     let mut claims: Value =

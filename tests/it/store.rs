@@ -74,7 +74,10 @@ fn chunk(bytes: &[u8]) -> pb::PutObjectRequest {
 
 /// An object's messages: the manifest, then each content's header and its bytes in `chunk_size`
 /// pieces.
-fn object(contents: &[(&str, &str, &[u8])], chunk_size: usize) -> Vec<pb::PutObjectRequest> {
+pub(crate) fn object(
+    contents: &[(&str, &str, &[u8])],
+    chunk_size: usize,
+) -> Vec<pb::PutObjectRequest> {
     let mut messages = vec![manifest(serde_json::json!({"kind": "test"}))];
     for (name, storage, bytes) in contents {
         messages.push(header(name, storage));
@@ -83,7 +86,7 @@ fn object(contents: &[(&str, &str, &[u8])], chunk_size: usize) -> Vec<pb::PutObj
     messages
 }
 
-async fn put(
+pub(crate) async fn put(
     server: &TestServer,
     messages: Vec<pb::PutObjectRequest>,
 ) -> Result<pb::PutObjectResponse, Status> {
