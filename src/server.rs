@@ -350,16 +350,17 @@ pub async fn start(
         .ok()
         .and_then(|u| u.host_str().map(|h| format!("did:web:{h}")))
         .context("QUINTET_PDS_PUBLIC_URL is not a URL with a host")?;
+    let pds_master_key = crate::master_key::load(
+        &pool,
+        crate::master_key::Purpose::Pds,
+        config.pds_master_key.as_ref(),
+        &config.data_dir,
+    )
+    .await?;
     let pds = crate::pds::PdsService {
         pool: pool.clone(),
-        master_key: crate::master_key::load(
-            &pool,
-            crate::master_key::Purpose::Pds,
-            config.pds_master_key.as_ref(),
-            &config.data_dir,
-        )
-        .await?,
-        jwt: crate::pds::tokens::JwtKeys::load(&pool, &pds_audience).await?,
+        jwt: crate::pds::tokens::JwtKeys::load(&pool, &pds_audience, &pds_master_key).await?,
+        master_key: pds_master_key,
         admin: shared.admin.clone(),
         page_tokens: shared.page_tokens.clone(),
         endpoint: config.pds_public_url.trim_end_matches('/').to_owned(),

@@ -1,5 +1,6 @@
 //! Credentials: scrypt password hashes in a versioned text format, and the session JWTs (HS256
-//! under a key every replica shares from `core.server_keys`).
+//! under a key every replica shares from `core.server_keys`, stored there only wrapped under the
+//! PDS master key: whoever can read the database cannot mint sessions).
 //!
 //! Access tokens (`com.atproto.access`, or `com.atproto.appPass` for app-password sessions) last
 //! two hours; refresh tokens (`com.atproto.refresh`) ninety days and one use. An access token
@@ -11,7 +12,17 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    master_key::MasterKey,
+};
+
+/// The `core.server_keys` row holding the JWT key, wrapped under the PDS master key.
+const WRAPPED_KEY_NAME: &str = "pds.jwt_key.wrapped";
+/// What the wrapped JWT key is bound to (the wrapping's associated data).
+const KEY_CONTEXT: &[u8] = b"pds.jwt_key";
+/// Where earlier servers kept the JWT key in plaintext.
+const PLAINTEXT_KEY_NAME: &str = "pds.jwt_key";
 
 /// How long an access token lasts.
 pub const ACCESS_SECONDS: i64 = 2 * 3600;
@@ -70,22 +81,50 @@ impl JwtKeys {
         }
     }
 
-    /// The shared key, created by the first replica to start.
-    pub async fn load(pool: &PgPool, audience: &str) -> anyhow::Result<Self> {
-        let mut fresh = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
-            .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    /// The shared key, created by the first replica to start and stored only wrapped under the
+    /// PDS master key. A plaintext key left by an earlier server is wrapped (its sessions stay
+    /// valid) and its plaintext row deleted.
+    pub async fn load(
+        pool: &PgPool,
+        audience: &str,
+        master_key: &MasterKey,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let plaintext: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = $1")
+                .bind(PLAINTEXT_KEY_NAME)
+                .fetch_optional(pool)
+                .await?;
+        let fresh = match plaintext.as_deref().map(<[u8; 32]>::try_from) {
+            Some(Ok(key)) => key,
+            _ => {
+                let mut fresh = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+                    .map_err(|_| anyhow::anyhow!("no randomness"))?;
+                fresh
+            }
+        };
+        // Wrapped first, then the plaintext removed: a replica starting meanwhile ends with the
+        // same key either way.
         sqlx::query(
-            "INSERT INTO core.server_keys (name, key) VALUES ('pds.jwt_key', $1)
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO core.server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
-        .bind(&fresh[..])
+        .bind(WRAPPED_KEY_NAME)
+        .bind(master_key.wrap(&fresh, KEY_CONTEXT))
         .execute(pool)
         .await?;
-        let key: Vec<u8> =
-            sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = 'pds.jwt_key'")
+        sqlx::query("DELETE FROM core.server_keys WHERE name = $1")
+            .bind(PLAINTEXT_KEY_NAME)
+            .execute(pool)
+            .await?;
+        let wrapped: Vec<u8> =
+            sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = $1")
+                .bind(WRAPPED_KEY_NAME)
                 .fetch_one(pool)
                 .await?;
+        let key = master_key
+            .unwrap(&wrapped, KEY_CONTEXT)
+            .context("the PDS session key does not unwrap with the PDS master key")?;
         Ok(Self::from_key(&key, audience))
     }
 

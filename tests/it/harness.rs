@@ -320,3 +320,16 @@ pub async fn read_http_request(socket: &mut tokio::net::TcpStream) -> Option<(St
         }
     }
 }
+
+/// The PDS's session-signing key as a test server stores it: wrapped under the harness's PDS
+/// master key (`test_config`), in `core.server_keys`.
+pub async fn pds_jwt_key(pool: &PgPool) -> [u8; 32] {
+    let wrapped: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM core.server_keys WHERE name = 'pds.jwt_key.wrapped'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    quintet::master_key::MasterKey::from_bytes(quintet::master_key::Purpose::Pds, [0x88; 32])
+        .unwrap(&wrapped, b"pds.jwt_key")
+        .unwrap()
+}

@@ -11,5 +11,6 @@ mod pds;
 mod pds_sync;
 mod pds_vectors;
 mod registry;
+mod secrets;
 mod shared_blocks;
 mod store;

@@ -693,9 +693,16 @@ async fn collector(server: &TestServer, pool: sqlx::PgPool) -> quintet::pds::Pds
             quintet::master_key::Purpose::Pds,
             [0x88; 32],
         ),
-        jwt: quintet::pds::tokens::JwtKeys::load(&pool, "did:web:localhost")
-            .await
-            .unwrap(),
+        jwt: quintet::pds::tokens::JwtKeys::load(
+            &pool,
+            "did:web:localhost",
+            &quintet::master_key::MasterKey::from_bytes(
+                quintet::master_key::Purpose::Pds,
+                [0x88; 32],
+            ),
+        )
+        .await
+        .unwrap(),
         admin,
         page_tokens: quintet::page_token::PageTokens::load(&pool).await.unwrap(),
         endpoint: "http://localhost".into(),
