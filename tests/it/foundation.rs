@@ -405,3 +405,19 @@ async fn a_flooding_token_is_rate_limited_without_hurting_others() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn reflection_describes_the_error_detail_types() {
+    let server = TestServer::start().await;
+    for symbol in ["google.rpc.ErrorInfo", "google.rpc.BadRequest", "google.rpc.RetryInfo"] {
+        let MessageResponse::FileDescriptorResponse(found) = reflect(
+            &server,
+            MessageRequest::FileContainingSymbol(symbol.to_owned()),
+        )
+        .await
+        else {
+            panic!("{symbol} is not described");
+        };
+        assert!(!found.file_descriptor_proto.is_empty(), "{symbol}");
+    }
+}
