@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod soak;
+
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use quintet::proto::quintet::{
@@ -32,6 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Soak: a mix of every service's calls from many concurrent clients, plus abusive clients,
+    /// with the server's RSS and open file descriptors before and after.
+    Soak(soak::Args),
     /// Drive a scenario against a server and report throughput and latency.
     Run(RunArgs),
     /// PDS: record writes per second to one repository and to many in parallel, GetRecord
@@ -247,6 +252,7 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        BenchCommand::Soak(args) => soak::run(args).await,
         BenchCommand::Pds {
             target,
             records,
