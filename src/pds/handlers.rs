@@ -186,19 +186,28 @@ fn check_email(email: &str) -> Result<String> {
     Ok(email)
 }
 
-/// Hashes off the async threads: scrypt takes tens of milliseconds and 16 MiB.
-async fn hash_password(password: &str) -> Result<String> {
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || tokens::hash_password(&password))
+/// Password hashes computed at once, at most. Each scrypt takes 16 MiB and a core for tens of
+/// milliseconds, and sign-in needs no token: unbounded, a flood of wrong passwords took the
+/// server past 1 GiB (128 at once) on its way to the blocking pool's 512 threads.
+const HASHING_AT_ONCE: usize = 4;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHING_AT_ONCE);
+
+/// Runs a password hash off the async threads, waiting for one of the [`HASHING`] permits.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let _permit = HASHING.acquire().await.map_err(Error::internal)?;
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(Error::internal)
 }
 
+async fn hash_password(password: &str) -> Result<String> {
+    let password = password.to_owned();
+    hashing(move || tokens::hash_password(&password)).await
+}
+
 async fn password_matches(password: &str, hash: &str) -> Result<bool> {
     let (password, hash) = (password.to_owned(), hash.to_owned());
-    tokio::task::spawn_blocking(move || tokens::verify_password(&password, &hash))
-        .await
-        .map_err(Error::internal)
+    hashing(move || tokens::verify_password(&password, &hash)).await
 }
 
 /// A new app password: four groups of four letters and digits.
@@ -1584,4 +1593,37 @@ fn is_mime_type(text: &str) -> bool {
         && text
             .split_once('/')
             .is_some_and(|(t, s)| part(t) && part(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    #[tokio::test]
+    async fn password_hashing_runs_a_bounded_number_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..4 * HASHING_AT_ONCE)
+            .map(|_| {
+                let (running, most) = (running.clone(), most.clone());
+                tokio::spawn(hashing(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= HASHING_AT_ONCE, "{most} hashes ran at once");
+        assert!(most > 1, "hashes never overlapped");
+    }
 }
