@@ -153,6 +153,16 @@ pub struct Config {
     )]
     pub rate_limit_burst: u32,
 
+    /// Calls one bearer token may have in flight at once (four times as many for a client
+    /// address without a token); past that a call fails with RESOURCE_EXHAUSTED. 0: no cap.
+    #[arg(
+        long,
+        env = "QUINTET_RATE_LIMIT_IN_FLIGHT",
+        default_value_t = 128,
+        global = true
+    )]
+    pub rate_limit_in_flight: u32,
+
     /// Calls per second from one client IP address that carry no token (bursts of twice as
     /// many). 0 turns the limit off.
     #[arg(

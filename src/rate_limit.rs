@@ -11,6 +11,12 @@
 //! overflow bucket, so a client inventing a new token for every call is limited as one caller.
 //! Streams count once, when they open. Health checks are never limited: a mesh's probes share
 //! an address with its proxied traffic.
+//!
+//! A rate alone does not bound how many calls one caller has waiting: a client that fires its
+//! 500 calls a second without waiting for answers keeps thousands in flight, more than the
+//! server's whole concurrency limit, and everyone else queues behind them. So each caller may
+//! also have only so many calls in flight (until their answer's headers), four times as many
+//! for an address as for a token; past that a call is refused at once, like one over the rate.
 
 use std::{
     collections::HashMap,
@@ -84,13 +90,37 @@ pub struct RateLimiter {
     token: Option<Rate>,
     anonymous: Option<Rate>,
     buckets: Mutex<Buckets>,
+    /// Calls one token may have in flight (an address: four times as many); 0: no cap.
+    max_in_flight: u32,
+    /// Calls in flight per caller; a caller leaves the map when its last call is answered.
+    in_flight: Mutex<HashMap<Key, u32>>,
+}
+
+/// One admitted call, counted in flight until dropped.
+struct InFlight {
+    limiter: Arc<RateLimiter>,
+    key: Key,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self.limiter.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = in_flight.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl RateLimiter {
-    pub fn new(token: Option<Rate>, anonymous: Option<Rate>) -> Self {
+    pub fn new(token: Option<Rate>, anonymous: Option<Rate>, max_in_flight: u32) -> Self {
         RateLimiter {
             token,
             anonymous,
+            max_in_flight,
+            in_flight: Mutex::new(HashMap::new()),
             buckets: Mutex::new(Buckets {
                 map: HashMap::new(),
                 sweep_at: SWEEP_AT,
@@ -104,6 +134,26 @@ impl RateLimiter {
             Key::Token(_) => self.token,
             Key::Address(_) | Key::Overflow => self.anonymous.or(self.token),
         }
+    }
+
+    /// Admits a call from `key`, or says why not.
+    fn admit(self: &Arc<Self>, key: Key, now: Instant) -> Result<Option<InFlight>, Status> {
+        self.take(key, now).map_err(limited)?;
+        let cap = match key {
+            _ if self.max_in_flight == 0 => return Ok(None),
+            Key::Token(_) => self.max_in_flight,
+            Key::Address(_) | Key::Overflow => self.max_in_flight.saturating_mul(4),
+        };
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let count = in_flight.entry(key).or_insert(0);
+        if *count >= cap {
+            return Err(too_many_in_flight(cap));
+        }
+        *count += 1;
+        Ok(Some(InFlight {
+            limiter: self.clone(),
+            key,
+        }))
     }
 
     /// Takes one call from `key`'s bucket; `Err` says how long until the next call is allowed.
@@ -223,17 +273,23 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let verdict = if request.uri().path().starts_with(HEALTH_PREFIX) {
-            Ok(())
+            Ok(None)
         } else {
             match RateLimiter::key_of(&request) {
-                Some(key) => self.limiter.take(key, Instant::now()),
-                None => Ok(()),
+                Some(key) => self.limiter.admit(key, Instant::now()),
+                None => Ok(None),
             }
         };
         match verdict {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(retry_after) => {
-                let response = limited(retry_after).into_http();
+            Ok(in_flight) => {
+                let answer = self.inner.call(request);
+                Box::pin(async move {
+                    let _in_flight = in_flight;
+                    answer.await
+                })
+            }
+            Err(status) => {
+                let response = status.into_http();
                 Box::pin(async move { Ok(response) })
             }
         }
@@ -255,6 +311,19 @@ fn limited(retry_after: Duration) -> Status {
     )
 }
 
+/// The answer to a call past its caller's calls in flight.
+fn too_many_in_flight(cap: u32) -> Status {
+    let retry_after = Duration::from_millis(100);
+    let mut details = ErrorDetails::new();
+    details.set_error_info("RATE_LIMITED", crate::error::ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("too many calls in flight: at most {cap} at once; wait for answers"),
+        details,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
-        let limiter = RateLimiter::new(Rate::new(10, 5), None);
+        let limiter = RateLimiter::new(Rate::new(10, 5), None, 0);
         let start = Instant::now();
         for _ in 0..5 {
             assert!(limiter.take(token(1), start).is_ok());
@@ -283,19 +352,19 @@ mod tests {
     #[test]
     fn anonymous_callers_have_their_own_rate_and_zero_means_off() {
         let address = Key::Address("192.0.2.1".parse().unwrap());
-        let limiter = RateLimiter::new(Rate::new(1, 1), Rate::new(3, 3));
+        let limiter = RateLimiter::new(Rate::new(1, 1), Rate::new(3, 3), 0);
         let now = Instant::now();
         assert_eq!(
             (0..5).filter(|_| limiter.take(address, now).is_ok()).count(),
             3
         );
-        let off = RateLimiter::new(None, None);
+        let off = RateLimiter::new(None, None, 0);
         assert!((0..10_000).all(|_| off.take(token(1), now).is_ok()));
     }
 
     #[test]
     fn idle_buckets_are_swept_and_new_keys_past_the_cap_share_one() {
-        let limiter = RateLimiter::new(Rate::new(1, 2), None);
+        let limiter = RateLimiter::new(Rate::new(1, 2), None, 0);
         let start = Instant::now();
         for n in 0..SWEEP_AT as u32 {
             limiter.take(token(n), start).unwrap();
@@ -325,5 +394,24 @@ mod tests {
         assert!(fresh(MAX_BUCKETS as u32 + 1).is_ok());
         assert!(fresh(MAX_BUCKETS as u32 + 2).is_ok());
         assert!(fresh(MAX_BUCKETS as u32 + 3).is_err());
+    }
+
+    #[test]
+    fn calls_in_flight_are_capped_per_caller_and_released_when_answered() {
+        let limiter = Arc::new(RateLimiter::new(None, None, 2));
+        let now = Instant::now();
+        let first = limiter.admit(token(1), now).unwrap();
+        let second = limiter.admit(token(1), now).unwrap();
+        let refused = limiter.admit(token(1), now).err().unwrap();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        // Another token, and an address (four times the cap), are counted apart.
+        assert!(limiter.admit(token(2), now).is_ok());
+        let address = Key::Address("192.0.2.1".parse().unwrap());
+        let held: Vec<_> = (0..8).map(|_| limiter.admit(address, now).unwrap()).collect();
+        assert!(limiter.admit(address, now).is_err());
+        drop(first);
+        let third = limiter.admit(token(1), now).unwrap();
+        drop((second, third, held));
+        assert!(limiter.in_flight.lock().unwrap().is_empty());
     }
 }

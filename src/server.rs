@@ -406,6 +406,7 @@ pub async fn start(
                 config.anonymous_rate_limit_per_sec,
                 config.anonymous_rate_limit_per_sec.saturating_mul(2),
             ),
+            config.rate_limit_in_flight,
         )))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.concurrency_limit,

@@ -241,6 +241,7 @@ fn test_config(data_dir: PathBuf) -> Config {
     // Tests drive thousands of calls with one token; the limiter has tests of its own.
     config.rate_limit_per_sec = 0;
     config.anonymous_rate_limit_per_sec = 0;
+    config.rate_limit_in_flight = 0;
     config
 }
 
