@@ -104,7 +104,11 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut in_flight = self.limiter.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_flight = self
+            .limiter
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(count) = in_flight.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
@@ -355,7 +359,9 @@ mod tests {
         let limiter = RateLimiter::new(Rate::new(1, 1), Rate::new(3, 3), 0);
         let now = Instant::now();
         assert_eq!(
-            (0..5).filter(|_| limiter.take(address, now).is_ok()).count(),
+            (0..5)
+                .filter(|_| limiter.take(address, now).is_ok())
+                .count(),
             3
         );
         let off = RateLimiter::new(None, None, 0);
@@ -407,7 +413,9 @@ mod tests {
         // Another token, and an address (four times the cap), are counted apart.
         assert!(limiter.admit(token(2), now).is_ok());
         let address = Key::Address("192.0.2.1".parse().unwrap());
-        let held: Vec<_> = (0..8).map(|_| limiter.admit(address, now).unwrap()).collect();
+        let held: Vec<_> = (0..8)
+            .map(|_| limiter.admit(address, now).unwrap())
+            .collect();
         assert!(limiter.admit(address, now).is_err());
         drop(first);
         let third = limiter.admit(token(1), now).unwrap();

@@ -26,7 +26,6 @@ use crate::{
     market::MarketService,
     notify::Notifier,
     page_token::PageTokens,
-    rate_limit::{Rate, RateLimitLayer, RateLimiter},
     proto::{
         self,
         quintet::{
@@ -38,6 +37,7 @@ use crate::{
             store::v1::store_service_server::StoreServiceServer,
         },
     },
+    rate_limit::{Rate, RateLimitLayer, RateLimiter},
     registry::{Identity, RegistryService},
     store::StoreService,
     telemetry::{RpcLayer, method_paths},

@@ -364,7 +364,10 @@ async fn a_flooding_token_is_rate_limited_without_hurting_others() {
     }
     // The burst of five passes; the rest are turned away at once.
     assert_eq!(&codes[..5], &[Code::Ok; 5]);
-    assert!(codes[5..].iter().all(|c| *c == Code::ResourceExhausted), "{codes:?}");
+    assert!(
+        codes[5..].iter().all(|c| *c == Code::ResourceExhausted),
+        "{codes:?}"
+    );
     let status = client
         .get_server_info(authed(GetServerInfoRequest {}, &admin))
         .await
@@ -409,7 +412,11 @@ async fn a_flooding_token_is_rate_limited_without_hurting_others() {
 #[tokio::test]
 async fn reflection_describes_the_error_detail_types() {
     let server = TestServer::start().await;
-    for symbol in ["google.rpc.ErrorInfo", "google.rpc.BadRequest", "google.rpc.RetryInfo"] {
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ] {
         let MessageResponse::FileDescriptorResponse(found) = reflect(
             &server,
             MessageRequest::FileContainingSymbol(symbol.to_owned()),
