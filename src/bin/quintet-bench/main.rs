@@ -435,6 +435,29 @@ impl Rng {
     }
 }
 
+/// A market search as the `market-search` scenario and the soak make it: a random word of the
+/// seeded vocabulary, a category one time in three, the sort cycling through every order.
+fn market_search(rng: &mut Rng) -> market_pb::SearchDatapodsRequest {
+    let sorts = [
+        market_pb::SortBy::Relevance,
+        market_pb::SortBy::Newest,
+        market_pb::SortBy::PriceAsc,
+        market_pb::SortBy::Rating,
+        market_pb::SortBy::Sales,
+    ];
+    market_pb::SearchDatapodsRequest {
+        query: MARKET_WORDS[rng.below(MARKET_WORDS.len())].to_owned(),
+        category: if rng.below(3) == 0 {
+            MARKET_CATEGORIES[rng.below(MARKET_CATEGORIES.len())].to_owned()
+        } else {
+            String::new()
+        },
+        sort_by: sorts[rng.below(sorts.len())] as i32,
+        page_size: 20,
+        ..Default::default()
+    }
+}
+
 fn auth<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
@@ -670,29 +693,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         })
                         .await
                         .is_ok(),
-                    Scenario::MarketSearch => {
-                        let sorts = [
-                            market_pb::SortBy::Relevance,
-                            market_pb::SortBy::Newest,
-                            market_pb::SortBy::PriceAsc,
-                            market_pb::SortBy::Rating,
-                            market_pb::SortBy::Sales,
-                        ];
-                        market
-                            .search_datapods(market_pb::SearchDatapodsRequest {
-                                query: MARKET_WORDS[rng.below(MARKET_WORDS.len())].to_owned(),
-                                category: if rng.below(3) == 0 {
-                                    MARKET_CATEGORIES[rng.below(MARKET_CATEGORIES.len())].to_owned()
-                                } else {
-                                    String::new()
-                                },
-                                sort_by: sorts[rng.below(sorts.len())] as i32,
-                                page_size: 20,
-                                ..Default::default()
-                            })
-                            .await
-                            .is_ok()
-                    }
+                    Scenario::MarketSearch => market
+                        .search_datapods(market_search(&mut rng))
+                        .await
+                        .is_ok(),
                     Scenario::RegistryList => registry
                         .list_packages(pb::ListPackagesRequest {
                             sort_by: pb::SortBy::Downloads as i32,

@@ -47,7 +47,9 @@ use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
-use super::{MARKET_CATEGORIES, MARKET_WORDS, Rng, WORDS, auth, package_name, pds_post};
+use super::{
+    MARKET_CATEGORIES, MARKET_WORDS, Rng, WORDS, auth, market_search, package_name, pds_post,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -2053,24 +2055,7 @@ async fn market_read(
 ) {
     match pick {
         0..5 => {
-            let sorts = [
-                market_pb::SortBy::Relevance,
-                market_pb::SortBy::Newest,
-                market_pb::SortBy::PriceAsc,
-                market_pb::SortBy::Rating,
-                market_pb::SortBy::Sales,
-            ];
-            let request = market_pb::SearchDatapodsRequest {
-                query: MARKET_WORDS[rng.below(MARKET_WORDS.len())].to_owned(),
-                category: if rng.below(3) == 0 {
-                    MARKET_CATEGORIES[rng.below(MARKET_CATEGORIES.len())].to_owned()
-                } else {
-                    String::new()
-                },
-                sort_by: sorts[rng.below(sorts.len())] as i32,
-                page_size: 20,
-                ..Default::default()
-            };
+            let request = market_search(rng);
             stats
                 .time(
                     "market.SearchDatapods",
