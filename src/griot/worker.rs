@@ -98,6 +98,18 @@ enum Stop {
     Interrupted(String),
 }
 
+/// How an error of one of the job's steps stops it: a database that is unavailable (or a
+/// conflicting concurrent change) says nothing about the job, which goes back to the queue as if
+/// its worker had died; anything else fails it.
+fn stop_for(error: Error) -> Stop {
+    match error {
+        Error::Unavailable(_) | Error::Aborted(_) => {
+            Stop::Interrupted(format!("{error}; the job goes back to the queue"))
+        }
+        other => Stop::Failed(other.to_string()),
+    }
+}
+
 /// A fetch failure: transient ones (network) are retried.
 enum FetchError {
     Transient(String),
@@ -390,7 +402,7 @@ impl Runner {
         log: &JobLog,
         stop: &CancellationToken,
     ) -> Result<String, Stop> {
-        let failed = |e: Error| Stop::Failed(e.to_string());
+        let failed = stop_for;
         log.info(&format!(
             "claimed by worker {} (attempt {})",
             self.worker_id, job.attempts
@@ -545,7 +557,7 @@ impl Runner {
             if loaded.is_none() {
                 let row = queries::package(&self.pool, id)
                     .await
-                    .map_err(|e| Stop::Failed(e.to_string()))?
+                    .map_err(stop_for)?
                     .ok_or_else(|| Stop::Failed(format!("dependency {id} is not registered")))?;
                 let manifest = Manifest::parse(&row.manifest.0.to_string(), &row.signature)
                     .map_err(|e| Stop::Failed(format!("package {id}: SIGNATURE_FAILED: {e}")))?;
@@ -598,7 +610,7 @@ impl Runner {
         id: &PackageId,
         manifest: &Manifest,
     ) -> Result<(), Stop> {
-        let failed = |e: Error| Stop::Failed(e.to_string());
+        let failed = stop_for;
         if let TrustDecision::Refused(why) = trust::decide(&self.pool, manifest.author.as_str())
             .await
             .map_err(failed)?

@@ -639,15 +639,17 @@ pub async fn latest_version<'e>(
     })
 }
 
-/// Counts one download of a version, exactly under concurrency (row-level increments).
+/// Counts one download of a version, exactly under concurrency (row-level increments). The
+/// package row is locked before the version's, in the order publishes, yanks and deletes lock
+/// them ([`lock`], then the versions): the other order deadlocks with a concurrent publish.
 pub async fn count_download(pool: &PgPool, version: i32, package: Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE registry.versions SET downloads = downloads + 1 WHERE id = $1")
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("UPDATE registry.packages SET downloads = downloads + 1 WHERE pointer = $1")
         .bind(package)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE registry.versions SET downloads = downloads + 1 WHERE id = $1")
+        .bind(version)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -2,6 +2,7 @@
 
 mod authz;
 mod binary;
+mod crash_regressions;
 mod foundation;
 mod griot;
 mod harness;

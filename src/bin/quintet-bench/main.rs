@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod crash;
 mod soak;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Crash safety: drives writes on every service against a spawned server, kills it (and
+    /// PostgreSQL) with SIGKILL at random moments, restarts it and checks the invariants.
+    Crash(crash::Args),
     /// Soak: a mix of every service's calls from many concurrent clients, plus abusive clients,
     /// with the server's RSS and open file descriptors before and after.
     Soak(soak::Args),
@@ -252,6 +256,7 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        BenchCommand::Crash(args) => crash::run(args).await,
         BenchCommand::Soak(args) => soak::run(args).await,
         BenchCommand::Pds {
             target,
@@ -420,17 +425,17 @@ const WORDS: &[&str] = &[
 ];
 
 /// A tiny deterministic generator (xorshift64*): benchmarks need repeatable spread, not secrecy.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }
@@ -458,7 +463,7 @@ fn market_search(rng: &mut Rng) -> market_pb::SearchDatapodsRequest {
     }
 }
 
-fn auth<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn auth<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         "authorization",
