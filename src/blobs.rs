@@ -44,7 +44,8 @@ impl Sha256 {
 
     /// Parses 64 lowercase or uppercase hex digits.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 {
+        // Checked first: `u8::from_str_radix` would also take a sign ("+a").
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut out = [0u8; 32];
@@ -665,6 +666,9 @@ mod tests {
         assert_eq!(Sha256::from_hex(&digest.to_hex()), Some(digest));
         assert_eq!(Sha256::from_hex("zz"), None);
         assert_eq!(Sha256::from_hex(&"g".repeat(64)), None);
+        // A sign is not a hex digit, though `u8::from_str_radix` takes one: found by the
+        // store_manifest fuzz target (an `expected_sha256` of "+a+a...").
+        assert_eq!(Sha256::from_hex(&"+a".repeat(32)), None);
     }
 
     #[tokio::test]

@@ -111,7 +111,9 @@ fn integer(n: &Number) -> Result<i128, DataError> {
         }
         f as i128
     };
-    if value.abs() > MAX_SAFE_INTEGER {
+    // Not `value.abs()`: a float below -2^127 saturates to i128::MIN, whose absolute value
+    // overflows (and wraps to itself in release builds, passing the check).
+    if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&value) {
         return fail(format!("{n} is beyond the integers JSON holds exactly"));
     }
     Ok(value)
@@ -234,5 +236,23 @@ mod tests {
         }
         assert!(record_from_json(&deep).is_err());
         assert!(record_from_json(&serde_json::json!({"n": 9007199254740993u64})).is_err());
+    }
+
+    #[test]
+    fn huge_negative_floats_are_refused_not_saturated() {
+        // -1e39 saturates to i128::MIN when cast; it was accepted (and failed to encode) or
+        // overflowed. Found by the dag_cbor fuzz target.
+        for text in [r#"{"n": -1e39}"#, r#"{"n": -1e300}"#, r#"{"n": 1e39}"#] {
+            let json: Value = serde_json::from_str(text).unwrap();
+            assert!(record_from_json(&json).is_err(), "{text}");
+        }
+        let json: Value = serde_json::from_str(r#"{"n": -9007199254740991.0}"#).unwrap();
+        assert_eq!(
+            record_from_json(&json).unwrap(),
+            Ipld::Map(BTreeMap::from([(
+                "n".to_owned(),
+                Ipld::Integer(-MAX_SAFE_INTEGER)
+            )]))
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! its signing key), and the tree rebuilt from its keys gives the commit's root, so a corrupted,
 //! forged or foreign file changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -33,9 +33,68 @@ fn refuse(reason: &'static str, why: impl Into<String>) -> Error {
     Error::invalid_argument_because(reason, "chunk", why)
 }
 
+/// A repository file that passed every check of [`check`], ready to be stored.
+pub struct Checked {
+    /// The commit's CID, the file's root.
+    pub root: Cid,
+    pub rev: String,
+    /// The commit block.
+    pub commit: Vec<u8>,
+    /// What is stored: the commit, the tree's nodes and its records, each once.
+    pub blocks: Vec<(Cid, Vec<u8>)>,
+    /// Every record as (collection, record key, CID), in key order.
+    pub records: Vec<(String, String, String)>,
+    /// The blobs each record (by path) references, for records that reference any.
+    pub blob_links: Vec<(String, Vec<String>)>,
+}
+
 /// Checks `file` as `did`'s repository signed by `key`, then replaces the stored repository with
 /// it in one transaction.
 pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> Result<Imported> {
+    let Checked {
+        root,
+        rev,
+        commit: commit_bytes,
+        blocks: keep,
+        records,
+        blob_links,
+    } = check(did, key, file)?;
+    let mut tx = pool.begin().await?;
+    queries::lock_repo(&mut tx, did)
+        .await?
+        .ok_or_else(|| Error::not_found("repo", did))?;
+    queries::clear_repo(&mut tx, did).await?;
+    for chunk in keep.chunks(5000) {
+        queries::insert_blocks(&mut *tx, did, &rev, chunk).await?;
+    }
+    for chunk in records.chunks(5000) {
+        queries::insert_records(&mut *tx, did, &rev, chunk).await?;
+    }
+    for (path, refs) in &blob_links {
+        queries::set_record_blobs(&mut tx, did, path, refs).await?;
+    }
+    queries::update_repo(&mut *tx, did, &root.to_string(), &rev).await?;
+    let mut slice = car::header(&[root]);
+    slice.extend(car::block(&root, &commit_bytes));
+    let event = Event::Sync(pb::SyncEvent {
+        did: did.to_owned(),
+        commit: root.to_string(),
+        rev: rev.clone(),
+        blocks: slice.into(),
+    });
+    sequencer::sequence(&mut tx, did, event).await?;
+    tx.commit().await?;
+    Ok(Imported {
+        head: Head { cid: root, rev },
+        records: records.len(),
+        blocks: keep.len(),
+    })
+}
+
+/// Every check of [`import`], without the database: the file's blocks against their CIDs, the
+/// commit against the account (its DID, signed by `key`), and the tree against the canonical one
+/// for its keys.
+pub fn check(did: &str, key: &PublicKey, file: &[u8]) -> Result<Checked> {
     let parsed = car::read(file).map_err(|e| refuse("INVALID_CAR", e.0))?;
     let [root] = parsed.roots[..] else {
         return Err(refuse(
@@ -87,8 +146,17 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
     let mut leaves: BTreeMap<Vec<u8>, Cid> = BTreeMap::new();
     let mut keep: Vec<(Cid, Vec<u8>)> = vec![(root, commit_bytes.clone())];
     let mut pending = vec![data_root];
+    // A tree reaches each node once; a file whose nodes point at one subtree many times would
+    // otherwise be walked once per pointer, each time in full (quadratic in the file's size).
+    let mut visited = HashSet::new();
     let missing = |cid: &Cid| refuse("INVALID_CAR", format!("block {cid} is missing"));
     while let Some(cid) = pending.pop() {
+        if !visited.insert(cid) {
+            return Err(refuse(
+                "INVALID_TREE",
+                format!("node {cid} is reached twice: not a tree"),
+            ));
+        }
         let bytes = blocks.get(&cid).ok_or_else(|| missing(&cid))?;
         let node = data::decode(bytes)
             .and_then(|value| Node::from_ipld(&value))
@@ -117,7 +185,7 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
     }
     let mut records = Vec::with_capacity(leaves.len());
     let mut blob_links: Vec<(String, Vec<String>)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for (key, cid) in &leaves {
         let bytes = blocks.get(cid).ok_or_else(|| missing(cid))?;
         let value = data::decode(bytes)
@@ -144,35 +212,97 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
             format!("the tree rebuilt from its keys has root {rebuilt}, not {data_root}"),
         ));
     }
-
-    let mut tx = pool.begin().await?;
-    queries::lock_repo(&mut tx, did)
-        .await?
-        .ok_or_else(|| Error::not_found("repo", did))?;
-    queries::clear_repo(&mut tx, did).await?;
-    for chunk in keep.chunks(5000) {
-        queries::insert_blocks(&mut *tx, did, &rev, chunk).await?;
-    }
-    for chunk in records.chunks(5000) {
-        queries::insert_records(&mut *tx, did, &rev, chunk).await?;
-    }
-    for (path, refs) in &blob_links {
-        queries::set_record_blobs(&mut tx, did, path, refs).await?;
-    }
-    queries::update_repo(&mut *tx, did, &root.to_string(), &rev).await?;
-    let mut slice = car::header(&[root]);
-    slice.extend(car::block(&root, commit_bytes));
-    let event = Event::Sync(pb::SyncEvent {
-        did: did.to_owned(),
-        commit: root.to_string(),
-        rev: rev.clone(),
-        blocks: slice.into(),
-    });
-    sequencer::sequence(&mut tx, did, event).await?;
-    tx.commit().await?;
-    Ok(Imported {
-        head: Head { cid: root, rev },
-        records: records.len(),
-        blocks: keep.len(),
+    Ok(Checked {
+        root,
+        rev,
+        commit: commit_bytes.clone(),
+        blocks: keep,
+        records,
+        blob_links,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pds::{keys::SigningKey, mst::Entry, repo};
+
+    const DID: &str = "did:plc:importtest";
+
+    /// A signed repository file of `nodes` (the first is the tree's root) and `records`.
+    fn file(key: &SigningKey, nodes: &[Node], records: &[(Cid, Vec<u8>)]) -> Vec<u8> {
+        let blocks: Vec<(Cid, Vec<u8>)> = nodes.iter().map(|n| data::block(&n.to_ipld())).collect();
+        let (commit, commit_bytes) =
+            repo::sign_commit(DID, blocks[0].0, &syntax::encode_tid(1 << 40), key);
+        let mut out = car::header(&[commit]);
+        out.extend(car::block(&commit, &commit_bytes));
+        for (cid, bytes) in blocks.iter().chain(records) {
+            out.extend(car::block(cid, bytes));
+        }
+        out
+    }
+
+    #[test]
+    fn a_canonical_repository_is_accepted_with_its_records() {
+        let key = SigningKey::generate();
+        let record = data::block(&Ipld::Map(BTreeMap::from([(
+            "$type".to_owned(),
+            Ipld::String("com.example.post".into()),
+        )])));
+        let leaves = vec![(b"com.example.post/a".to_vec(), record.0)];
+        let root = Node {
+            left: None,
+            entries: vec![Entry {
+                key: leaves[0].0.clone(),
+                value: record.0,
+                right: None,
+            }],
+        };
+        assert_eq!(data::block(&root.to_ipld()).0, mst::root_of(&leaves));
+        let checked = check(
+            DID,
+            &key.public_key(),
+            &file(&key, &[root], std::slice::from_ref(&record)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            checked.records,
+            [("com.example.post".into(), "a".into(), record.0.to_string())]
+        );
+    }
+
+    #[test]
+    fn a_subtree_reached_twice_is_refused_at_once() {
+        // Many entries pointing at one chain of empty nodes: walked once per pointer, the chain
+        // cost entries x chain length node decodes before any check could fail.
+        let key = SigningKey::generate();
+        let record = data::block(&Ipld::Null);
+        let mut chain = vec![Node::default()];
+        for _ in 0..200 {
+            let below = data::block(&chain.last().unwrap().to_ipld()).0;
+            chain.push(Node {
+                left: Some(below),
+                entries: Vec::new(),
+            });
+        }
+        let shared = data::block(&chain.last().unwrap().to_ipld()).0;
+        let root = Node {
+            left: None,
+            entries: (0..200)
+                .map(|i| Entry {
+                    key: format!("com.example.post/{i:04}").into_bytes(),
+                    value: record.0,
+                    right: Some(shared),
+                })
+                .collect(),
+        };
+        let mut nodes = vec![root];
+        nodes.extend(chain);
+        let error = match check(DID, &key.public_key(), &file(&key, &nodes, &[record])) {
+            Err(error) => error,
+            Ok(_) => panic!("a DAG of nodes was accepted as a tree"),
+        };
+        assert_eq!(error.reason(), "INVALID_TREE");
+        assert!(error.to_string().contains("reached twice"), "{error}");
+    }
 }

@@ -89,11 +89,14 @@ pub fn is_record_key(text: &str) -> bool {
 /// The base32-sortable alphabet of TIDs.
 const TID_ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
 
-/// A TID: 13 base32-sortable characters encoding 64 bits with the top bit clear.
+/// A TID: 13 base32-sortable characters encoding 64 bits with the top bit clear. Thirteen
+/// characters carry 65 bits, so the first character carries the 64 bits' top one: it is one of
+/// `234567ab` (the syntax's own pattern allows up to `j`, which would set the top bit, so that a
+/// TID the syntax accepts could not be exceeded by any TID and [`next_tid`] would overflow).
 pub fn is_tid(text: &str) -> bool {
     text.len() == 13
         && text.bytes().all(|b| TID_ALPHABET.contains(&b))
-        && b"234567abcdefghij".contains(&text.as_bytes()[0])
+        && b"234567ab".contains(&text.as_bytes()[0])
 }
 
 /// An AT-URI naming a repository, a collection or a record:
@@ -186,5 +189,18 @@ mod tests {
         // A floor far in the future is exceeded.
         let future = encode_tid(((1u64 << 52) + 5) << 10);
         assert!(next_tid(Some(&future)) > future);
+    }
+
+    #[test]
+    fn tids_have_the_top_bit_clear() {
+        // "didmethodlval" was a TID decoding to a value with the top bit set: a repository
+        // imported with such a revision made the next revision overflow. Found by the syntax
+        // fuzz target.
+        assert!(is_tid("bzzzzzzzzzzzz"));
+        assert_eq!(decode_tid("bzzzzzzzzzzzz"), Some(u64::MAX >> 1));
+        for text in ["czzzzzzzzzzzz", "jzzzzzzzzzzzz", "didmethodlval"] {
+            assert!(!is_tid(text), "{text}");
+            assert_eq!(decode_tid(text), None, "{text}");
+        }
     }
 }

@@ -70,12 +70,64 @@ fn parse_uuid(field: &str, text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|_| Error::invalid_argument(field, "not a UUID"))
 }
 
-fn tags_of(field: &str, tags: Option<prost_types::Struct>) -> Result<Value> {
+/// Tags as stored: the client's `Struct` as a JSON object, at most 64 KiB of it.
+pub fn tags_of(field: &str, tags: Option<prost_types::Struct>) -> Result<Value> {
     let value = crate::proto::struct_to_json(tags);
     if value.to_string().len() > 64 * 1024 {
         return Err(Error::invalid_argument(field, "larger than 64 KiB"));
     }
     Ok(value)
+}
+
+/// The first message of an upload, checked: its class id, unpacker name and tags.
+pub fn check_manifest_header(manifest: pb::ManifestHeader) -> Result<(Uuid, String, Value)> {
+    let class_id = parse_uuid("manifest.class_id", &manifest.class_id)?;
+    if manifest.unpacker_name.is_empty() || manifest.unpacker_name.len() > 256 {
+        return Err(Error::invalid_argument(
+            "manifest.unpacker_name",
+            "must be 1 to 256 characters",
+        ));
+    }
+    let tags = tags_of("manifest.tags", manifest.tags)?;
+    Ok((class_id, manifest.unpacker_name, tags))
+}
+
+/// What can be checked of the `index`th content header before its storage is chosen: its name
+/// and type, and its serializer type and expected SHA-256, returned parsed.
+pub fn check_content_header(
+    index: usize,
+    header: &pb::ContentHeader,
+) -> Result<(&'static str, Option<Sha256>)> {
+    let field = |name: &str| format!("contents[{index}].{name}");
+    if header.content_name.is_empty() || header.content_name.len() > 1024 {
+        return Err(Error::invalid_argument(
+            field("content_name"),
+            "must be 1 to 1024 characters",
+        ));
+    }
+    if header.content_type.is_empty() || header.content_type.len() > 256 {
+        return Err(Error::invalid_argument(
+            field("content_type"),
+            "must be 1 to 256 characters",
+        ));
+    }
+    let serializer_type = match pb::SerializerType::try_from(header.serializer_type) {
+        Ok(pb::SerializerType::Value) => "value",
+        Ok(pb::SerializerType::Stream) => "stream",
+        _ => {
+            return Err(Error::invalid_argument(
+                field("serializer_type"),
+                "must be VALUE or STREAM",
+            ));
+        }
+    };
+    let expected = match header.expected_sha256.as_str() {
+        "" => None,
+        hex => Some(Sha256::from_hex(hex).ok_or_else(|| {
+            Error::invalid_argument(field("expected_sha256"), "must be 64 hex digits")
+        })?),
+    };
+    Ok((serializer_type, expected))
 }
 
 fn time_of(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<time::OffsetDateTime>> {
@@ -146,34 +198,7 @@ impl StoreService {
         upload: &mut Upload,
     ) -> Result<Staged> {
         let field = |name: &str| format!("contents[{index}].{name}");
-        if header.content_name.is_empty() || header.content_name.len() > 1024 {
-            return Err(Error::invalid_argument(
-                field("content_name"),
-                "must be 1 to 1024 characters",
-            ));
-        }
-        if header.content_type.is_empty() || header.content_type.len() > 256 {
-            return Err(Error::invalid_argument(
-                field("content_type"),
-                "must be 1 to 256 characters",
-            ));
-        }
-        let serializer_type = match pb::SerializerType::try_from(header.serializer_type) {
-            Ok(pb::SerializerType::Value) => "value",
-            Ok(pb::SerializerType::Stream) => "stream",
-            _ => {
-                return Err(Error::invalid_argument(
-                    field("serializer_type"),
-                    "must be VALUE or STREAM",
-                ));
-            }
-        };
-        let expected = match header.expected_sha256.as_str() {
-            "" => None,
-            hex => Some(Sha256::from_hex(hex).ok_or_else(|| {
-                Error::invalid_argument(field("expected_sha256"), "must be 64 hex digits")
-            })?),
-        };
+        let (serializer_type, expected) = check_content_header(index, &header)?;
         let (storage_name, blobs) = self.storage(&header.storage_name).ok_or_else(|| {
             Error::invalid_argument(
                 field("storage_name"),
@@ -414,15 +439,7 @@ impl store_service_server::StoreService for StoreService {
                 .into());
             }
         };
-        let class_id = parse_uuid("manifest.class_id", &manifest.class_id)?;
-        if manifest.unpacker_name.is_empty() || manifest.unpacker_name.len() > 256 {
-            return Err(Error::invalid_argument(
-                "manifest.unpacker_name",
-                "must be 1 to 256 characters",
-            )
-            .into());
-        }
-        let tags = tags_of("manifest.tags", manifest.tags)?;
+        let (class_id, unpacker_name, tags) = check_manifest_header(manifest)?;
 
         let mut staged: Vec<Staged> = Vec::new();
         let mut names = HashSet::new();
@@ -484,8 +501,7 @@ impl store_service_server::StoreService for StoreService {
         }
         let records: Vec<NewContent> = staged.into_iter().map(|s| s.record).collect();
         let (manifest, contents) =
-            queries::insert_object(&mut tx, class_id, &manifest.unpacker_name, &tags, &records)
-                .await?;
+            queries::insert_object(&mut tx, class_id, &unpacker_name, &tags, &records).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::PutObjectResponse {
             manifest: Some(convert::manifest(&manifest)),

@@ -7,5 +7,7 @@ mod convert;
 mod handlers;
 mod queries;
 
-pub use handlers::{FILE, INLINE, S3, StoreService};
+pub use handlers::{
+    FILE, INLINE, S3, StoreService, check_content_header, check_manifest_header, tags_of,
+};
 pub use queries::MANIFESTS_CHANNEL;
