@@ -128,10 +128,7 @@ where
         Ok(message) => chunk_of(message).ok_or_else(|| {
             Error::invalid_argument("chunk", "only the first message may be a header")
         }),
-        Err(status) => Err(Error::Cancelled(format!(
-            "upload interrupted: {}",
-            status.message()
-        ))),
+        Err(status) => Err(Error::from_request_stream(&status)),
     })
 }
 

@@ -5,7 +5,9 @@
 //! `ResourceInfo`, `PreconditionFailure`) so clients can act on errors without parsing messages.
 //! PostgreSQL errors are classified by SQLSTATE in [`From<sqlx::Error>`]. An internal error never
 //! reaches the client with its cause: the cause chain is logged under an incident id and only the
-//! id is returned.
+//! id is returned; nor does the database's own wording. Texts are clipped to fit in the headers a
+//! client accepts. [`UndecodableRequestLayer`] gives requests that do not decode (which tonic
+//! answers INTERNAL) the INVALID_ARGUMENT naming their field that any other bad request gets.
 
 use std::collections::HashMap;
 
@@ -115,6 +117,23 @@ impl Error {
         Error::Internal(cause.into())
     }
 
+    /// The same error with its field (if it names one) inside `prefix`: a check written for one
+    /// message (`collection`) applied to a part of a bigger one (`writes[2].create.collection`).
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Error::InvalidArgument {
+                field,
+                description,
+                reason,
+            } => Error::InvalidArgument {
+                field: format!("{prefix}.{field}"),
+                description,
+                reason,
+            },
+            other => other,
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
@@ -160,8 +179,8 @@ impl From<Error> for Status {
             Error::InvalidArgument {
                 field, description, ..
             } => {
-                details.add_bad_request_violation(field.clone(), description.clone());
-                metadata.insert("field".to_owned(), field.clone());
+                details.add_bad_request_violation(clipped(field), clipped(description));
+                metadata.insert("field".to_owned(), clipped(field));
                 error.to_string()
             }
             Error::NotFound {
@@ -172,7 +191,12 @@ impl From<Error> for Status {
                 resource_type,
                 name,
             } => {
-                details.set_resource_info(*resource_type, name.clone(), "", error.to_string());
+                details.set_resource_info(
+                    *resource_type,
+                    clipped(name),
+                    "",
+                    clipped(&error.to_string()),
+                );
                 error.to_string()
             }
             Error::FailedPrecondition {
@@ -180,7 +204,11 @@ impl From<Error> for Status {
                 subject,
                 description,
             } => {
-                details.add_precondition_failure_violation(*kind, subject.clone(), description);
+                details.add_precondition_failure_violation(
+                    *kind,
+                    clipped(subject),
+                    clipped(description),
+                );
                 error.to_string()
             }
             Error::Internal(cause) => {
@@ -192,8 +220,24 @@ impl From<Error> for Status {
             other => other.to_string(),
         };
         details.set_error_info(error.reason(), ERROR_DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
+        Status::with_error_details(code, clipped(&message), details)
     }
+}
+
+/// A status travels in HTTP/2 headers, whose size clients limit (8 or 16 KiB is common; beyond
+/// it the call fails with a protocol error instead of the answer). Errors quote what the client
+/// sent, which may be huge: each text is clipped to this many bytes.
+const MAX_STATUS_TEXT_BYTES: usize = 512;
+
+fn clipped(text: &str) -> String {
+    if text.len() <= MAX_STATUS_TEXT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_STATUS_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// SQLSTATE classes and codes this module maps; see PostgreSQL's "Appendix A. Error Codes".
@@ -215,6 +259,11 @@ mod sqlstate {
     pub const OPERATOR_INTERVENTION_CLASS: &str = "57P";
     /// Class 22: data exception (value out of range, invalid text representation...).
     pub const DATA_EXCEPTION_CLASS: &str = "22";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
+    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
     /// Class 54: program limit exceeded (a value too large for the database to index or store).
     pub const PROGRAM_LIMIT_CLASS: &str = "54";
 }
@@ -280,11 +329,143 @@ fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> Option<Error>
         c if c.starts_with(sqlstate::PROGRAM_LIMIT_CLASS) => {
             Error::invalid_argument("request", "too large for the database to store")
         }
-        c if c.starts_with(sqlstate::DATA_EXCEPTION_CLASS) => {
-            Error::invalid_argument(column.unwrap_or_else(|| "request".to_owned()), db.message())
-        }
+        c if c.starts_with(sqlstate::DATA_EXCEPTION_CLASS) => Error::invalid_argument(
+            column.unwrap_or_else(|| "request".to_owned()),
+            data_exception(c),
+        ),
         _ => return None,
     })
+}
+
+/// What is wrong with a value PostgreSQL refused (class 22), in the client's terms: the
+/// database's own message names its types and encodings, which are no business of clients.
+fn data_exception(code: &str) -> &'static str {
+    match code {
+        sqlstate::CHARACTER_NOT_IN_REPERTOIRE | sqlstate::UNTRANSLATABLE_CHARACTER => {
+            "contains a character that cannot be stored (such as NUL)"
+        }
+        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE => "a number out of range",
+        sqlstate::STRING_DATA_RIGHT_TRUNCATION => "too long",
+        sqlstate::DATETIME_FIELD_OVERFLOW => "a date or time out of range",
+        _ => "not a valid value",
+    }
+}
+
+/// tonic answers a request message that does not decode with INTERNAL ("failed to decode
+/// Protobuf message: ..."), as gRPC's code table has it for a server that cannot parse a request.
+/// For quintet, bytes that are not the message are the client's mistake like any other bad
+/// request: this layer, on every service (health and reflection too), turns those answers into
+/// INVALID_ARGUMENT naming the field that failed to decode, with the usual rich details. They are
+/// always trailers-only answers (the status in the response headers): a request decodes before its
+/// handler answers, and a client-streaming handler answers with the decode error of its stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UndecodableRequestLayer;
+
+impl<S> tower::Layer<S> for UndecodableRequestLayer {
+    type Service = UndecodableRequest<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UndecodableRequest { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UndecodableRequest<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for UndecodableRequest<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            if let Some(status) = undecodable_request(response.headers()) {
+                let headers = response.headers_mut();
+                headers.remove("grpc-message");
+                headers.remove("grpc-status-details-bin");
+                if status.add_header(headers).is_err() {
+                    // Not expected: the new status is plain text. Keep the answer an error.
+                    headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The INVALID_ARGUMENT for an answer that is tonic's INTERNAL for an undecodable request.
+fn undecodable_request(headers: &http::HeaderMap) -> Option<Status> {
+    if headers.get("grpc-status")?.as_bytes() != b"13" {
+        return None;
+    }
+    undecodable(&Status::from_header_map(headers)?).map(Status::from)
+}
+
+impl Error {
+    /// The error item that ended a client's request stream: a message that does not decode is
+    /// the client's bad request (INVALID_ARGUMENT naming the field); anything else broke the
+    /// stream off (the client went away): CANCELLED.
+    pub fn from_request_stream(status: &Status) -> Self {
+        undecodable(status).unwrap_or_else(|| {
+            Error::Cancelled(format!("upload interrupted: {}", status.message()))
+        })
+    }
+}
+
+/// The INVALID_ARGUMENT for tonic's INTERNAL status of a request message that does not decode.
+fn undecodable(status: &Status) -> Option<Error> {
+    if status.code() != Code::Internal {
+        return None;
+    }
+    let decode_error = status
+        .message()
+        .strip_prefix("failed to decode Protobuf message: ")?;
+    let (field, description) = undecodable_field(decode_error);
+    Some(Error::invalid_argument(
+        field,
+        format!("does not decode: {description}"),
+    ))
+}
+
+/// prost names the path to the failing field innermost first (`Inner.field: Outer.field: why`);
+/// a client knows it outermost first (`field.field`). `request` when no field is named.
+fn undecodable_field(text: &str) -> (String, &str) {
+    let identifier =
+        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut path = Vec::new();
+    let mut rest = text;
+    while let Some((segment, after)) = rest.split_once(": ")
+        && let Some((message, field)) = segment.split_once('.')
+        && identifier(message)
+        && identifier(field)
+    {
+        path.push(field);
+        rest = after;
+    }
+    path.reverse();
+    let field = if path.is_empty() {
+        "request".to_owned()
+    } else {
+        path.join(".")
+    };
+    (field, rest)
 }
 
 #[cfg(test)]
@@ -342,5 +523,87 @@ mod tests {
         let info = details.resource_info().unwrap();
         assert_eq!(info.resource_type, "package");
         assert_eq!(info.resource_name, "left-pad");
+    }
+
+    #[test]
+    fn an_undecodable_request_is_invalid_argument_naming_its_field() {
+        let mut headers = http::HeaderMap::new();
+        Status::internal(
+            "failed to decode Protobuf message: ManifestHeader.class_id: \
+             PutObjectRequest.manifest: invalid string value: data is not UTF-8 encoded",
+        )
+        .add_header(&mut headers)
+        .unwrap();
+        let status = undecodable_request(&headers).expect("rewritten");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "manifest.class_id: does not decode: invalid string value: data is not UTF-8 encoded"
+        );
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "manifest.class_id"
+        );
+
+        let mut headers = http::HeaderMap::new();
+        Status::internal("failed to decode Protobuf message: invalid wire type value: 6")
+            .add_header(&mut headers)
+            .unwrap();
+        let status = undecodable_request(&headers).unwrap();
+        assert_eq!(
+            status.message(),
+            "request: does not decode: invalid wire type value: 6"
+        );
+
+        // Other INTERNAL answers are left alone, and so is everything that is not INTERNAL.
+        for status in [
+            Status::from(Error::internal(anyhow::anyhow!("disk on fire"))),
+            Status::invalid_argument("failed to decode Protobuf message: x"),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            status.add_header(&mut headers).unwrap();
+            assert!(undecodable_request(&headers).is_none(), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_quoted_request_still_fits_in_the_headers() {
+        // Percent-encoding triples `[`; the details repeat the text: unclipped, this status
+        // would need about 30 KiB of headers.
+        let huge = "[".repeat(5000);
+        for error in [
+            Error::invalid_argument("cid", format!("{huge:?} is not a CID")),
+            Error::not_found("blob", huge.clone()),
+            Error::failed_precondition("KIND", huge.clone(), huge.clone()),
+            Error::invalid_argument(huge.clone(), "é".repeat(5000)),
+        ] {
+            let status = Status::from(error);
+            let mut headers = http::HeaderMap::new();
+            status.add_header(&mut headers).unwrap();
+            let size: usize = headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum();
+            assert!(size < 8 * 1024, "{size} bytes of headers");
+            assert!(status.message().ends_with('…'), "{}", status.message());
+        }
+        let status = Status::from(Error::invalid_argument("cid", "short"));
+        assert_eq!(status.message(), "cid: short");
+    }
+
+    #[test]
+    fn a_request_stream_ends_in_bad_input_or_a_broken_stream() {
+        let undecodable = Status::internal(
+            "failed to decode Protobuf message: UploadDatasetRequest.chunk: buffer underflow",
+        );
+        let error = Error::from_request_stream(&undecodable);
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert_eq!(
+            error.to_string(),
+            "chunk: does not decode: buffer underflow"
+        );
+        let gone = Status::cancelled("h2 protocol error: stream reset");
+        assert_eq!(Error::from_request_stream(&gone).code(), Code::Cancelled);
     }
 }

@@ -107,6 +107,17 @@ fn value_to_json(value: PbValue) -> Value {
     }
 }
 
+/// Whether a string or key of `value` holds U+0000, which PostgreSQL's JSONB cannot store;
+/// checked at the edge, so that the client hears which field is wrong.
+pub fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
 pub fn json_to_struct(value: &Value) -> Option<Struct> {
     match value {
         Value::Object(map) => Some(object_to_struct(map)),

@@ -410,7 +410,8 @@ pub async fn start(
         )))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.concurrency_limit,
-        ));
+        ))
+        .layer(crate::error::UndecodableRequestLayer);
     let router = tonic::transport::Server::builder()
         .timeout(config.request_timeout())
         // Large flow-control windows: uploads of big contents are not held to round trips.

@@ -72,6 +72,11 @@ impl DidKey {
         let Some(base58) = multibase.strip_prefix('z') else {
             return Err("a did:key must be multibase base58btc (starting with z)".to_owned());
         };
+        // An Ed25519 key with its multicodec is 34 bytes, 48 Base58 digits; Base58 decoding
+        // takes time quadratic in the length, so longer text is refused undecoded.
+        if base58.len() > 64 {
+            return Err("too long for an Ed25519 did:key".to_owned());
+        }
         let bytes = bs58::decode(base58)
             .into_vec()
             .map_err(|_| "the did:key is not valid base58btc".to_owned())?;
@@ -518,8 +523,12 @@ mod tests {
                 "did:key:z{}",
                 bs58::encode([&[0xed, 0x01][..], &[7u8; 31]].concat()).into_string()
             ),
+            // A megabyte of digits: refused undecoded, at once.
+            &format!("did:key:z{}", "x".repeat(1 << 20)),
         ] {
+            let started = std::time::Instant::now();
             assert!(DidKey::parse(bad).is_err(), "{bad}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
         }
     }
 

@@ -57,6 +57,9 @@ fn filter_text(field: &str, text: String, max: usize) -> Result<Option<String>> 
             format!("longer than {max} bytes"),
         ));
     }
+    if text.contains('\0') {
+        return Err(Error::invalid_argument(field, "contains NUL"));
+    }
     Ok((!text.is_empty()).then_some(text))
 }
 
@@ -257,6 +260,11 @@ impl griot_service_server::GriotService for GriotService {
                 .into());
             }
             text => match serde_json::from_str::<Value>(text) {
+                Ok(value) if crate::proto::json_has_nul(&value) => {
+                    return Err(
+                        Error::invalid_argument("manifest_contains_json", "contains NUL").into(),
+                    );
+                }
                 Ok(value @ Value::Object(_)) => Some(value),
                 _ => {
                     return Err(Error::invalid_argument(

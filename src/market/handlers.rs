@@ -80,6 +80,9 @@ fn check_title(title: &str) -> Result<()> {
     if length == 0 || length > 255 {
         return Err(Error::invalid_argument("title", "1 to 255 characters"));
     }
+    if title.contains('\0') {
+        return Err(Error::invalid_argument("title", "contains NUL"));
+    }
     Ok(())
 }
 
@@ -90,12 +93,18 @@ fn check_description(description: &str) -> Result<()> {
             "at most 10,000 characters",
         ));
     }
+    if description.contains('\0') {
+        return Err(Error::invalid_argument("description", "contains NUL"));
+    }
     Ok(())
 }
 
 fn check_category(category: &str) -> Result<Option<&str>> {
     if category.chars().count() > 50 {
         return Err(Error::invalid_argument("category", "at most 50 characters"));
+    }
+    if category.contains('\0') {
+        return Err(Error::invalid_argument("category", "contains NUL"));
     }
     Ok((!category.is_empty()).then_some(category))
 }
@@ -319,6 +328,13 @@ impl market_service_server::MarketService for MarketService {
                     Error::invalid_argument("header.file_type", "at most 100 characters").into(),
                 );
             }
+            text if text.contains(char::is_control) => {
+                return Err(Error::invalid_argument(
+                    "header.file_type",
+                    "a MIME type, no control characters",
+                )
+                .into());
+            }
             text => text.to_owned(),
         };
         let format = infer::format_of(&file_type);
@@ -534,6 +550,9 @@ impl market_service_server::MarketService for MarketService {
         let size = page_size("page_size", message.page_size, 20, 100)?;
         if message.query.chars().count() > 500 {
             return Err(Error::invalid_argument("query", "at most 500 characters").into());
+        }
+        if message.query.contains('\0') {
+            return Err(Error::invalid_argument("query", "contains NUL").into());
         }
         let min_price_mist = check_price("min_price_mist", message.min_price_mist)?;
         let max_price_mist = match message.max_price_mist {
@@ -985,6 +1004,9 @@ impl market_service_server::MarketService for MarketService {
         let title = request.get_ref().title.trim();
         if title.chars().count() > 255 {
             return Err(Error::invalid_argument("title", "at most 255 characters").into());
+        }
+        if title.contains('\0') {
+            return Err(Error::invalid_argument("title", "contains NUL").into());
         }
         let row = queries::insert_conversation(
             &self.pool,

@@ -65,6 +65,14 @@ pub struct LedgerTransaction {
 
 /// A Base58 transaction digest of 32 bytes.
 pub fn parse_digest(field: &str, text: &str) -> Result<String> {
+    // 32 bytes are at most 44 Base58 digits. Decoding takes time quadratic in the length: a
+    // client's megabyte of digits would hold a core for minutes.
+    if text.len() > 44 {
+        return Err(Error::invalid_argument(
+            field,
+            "not a Sui transaction digest (Base58 of 32 bytes)",
+        ));
+    }
     match bs58::decode(text).into_vec() {
         Ok(bytes) if bytes.len() == 32 => Ok(text.to_owned()),
         _ => Err(Error::invalid_argument(
@@ -306,6 +314,10 @@ mod tests {
         assert!(parse_digest("d", &bs58::encode([9u8; 31]).into_string()).is_err());
         assert!(parse_digest("d", "0OIl").is_err());
         assert!(parse_digest("d", "").is_err());
+        // Refused before decoding, at once: Base58 decoding is quadratic.
+        let started = std::time::Instant::now();
+        assert!(parse_digest("d", &"x".repeat(1 << 20)).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -591,7 +591,8 @@ impl pds_service_server::PdsService for PdsService {
         let message = request.into_inner();
         let refused = || Error::Unauthenticated("wrong identifier or password".into());
         let identifier = message.identifier.trim();
-        if identifier.is_empty() || identifier.len() > 2048 {
+        if identifier.is_empty() || identifier.len() > 2048 || identifier.contains(char::is_control)
+        {
             return Err(Error::invalid_argument("identifier", "a handle, email or DID").into());
         }
         let account = queries::account_by_identifier(&self.pool, identifier)
@@ -727,6 +728,10 @@ impl pds_service_server::PdsService for PdsService {
         let caller = self.caller(&request).await?;
         caller.require_full_access()?;
         let name = &request.get_ref().name;
+        if name.contains(char::is_control) {
+            // No app password has one (see create_app_password), and NUL cannot be looked up.
+            return Err(Error::invalid_argument("name", "1 to 64 printable characters").into());
+        }
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         if !queries::delete_app_password(&mut tx, caller.did(), name).await? {
             return Err(Error::not_found("app password", name.clone()).into());
@@ -828,6 +833,9 @@ impl pds_service_server::PdsService for PdsService {
     ) -> std::result::Result<Response<pb::SetAccountTakedownResponse>, Status> {
         self.admin.require_admin(&request).await?;
         let message = request.into_inner();
+        if !syntax::is_did(&message.did) {
+            return Err(Error::invalid_argument("did", "not a DID").into());
+        }
         let account = queries::account(&self.pool, &message.did)
             .await?
             .filter(|a| a.status != "deleted")
@@ -918,19 +926,18 @@ impl pds_service_server::PdsService for PdsService {
         let mut ops = Vec::with_capacity(message.writes.len());
         for (i, write) in message.writes.into_iter().enumerate() {
             let field = format!("writes[{i}]");
+            let within = |action: &'static str| {
+                let field = &field;
+                move |e: Error| e.within(&format!("{field}.{action}"))
+            };
             ops.push(match write.action {
                 Some(Action::Create(c)) => {
-                    create_op(&c.collection, &c.rkey, c.value, &format!("{field}.value"))?
+                    create_op(&c.collection, &c.rkey, c.value, "value").map_err(within("create"))?
                 }
-                Some(Action::Update(u)) => put_op(
-                    &u.collection,
-                    &u.rkey,
-                    u.value,
-                    "",
-                    &format!("{field}.value"),
-                )?,
+                Some(Action::Update(u)) => put_op(&u.collection, &u.rkey, u.value, "", "value")
+                    .map_err(within("update"))?,
                 Some(Action::Delete(d)) => {
-                    repo::check_path(&d.collection, &d.rkey)?;
+                    repo::check_path(&d.collection, &d.rkey).map_err(within("delete"))?;
                     Op::Delete {
                         collection: d.collection,
                         rkey: d.rkey,

@@ -750,10 +750,11 @@ impl registry_service_server::RegistryService for RegistryService {
         if query.is_empty()
             || query.chars().count() > 256
             || !query.chars().any(char::is_alphanumeric)
+            || query.contains('\0')
         {
             return Err(Error::invalid_argument(
                 "query",
-                "must be 1 to 256 characters with at least one letter or digit",
+                "must be 1 to 256 characters with at least one letter or digit, and no NUL",
             )
             .into());
         }

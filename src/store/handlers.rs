@@ -76,6 +76,9 @@ pub fn tags_of(field: &str, tags: Option<prost_types::Struct>) -> Result<Value> 
     if value.to_string().len() > 64 * 1024 {
         return Err(Error::invalid_argument(field, "larger than 64 KiB"));
     }
+    if crate::proto::json_has_nul(&value) {
+        return Err(Error::invalid_argument(field, "contains NUL"));
+    }
     Ok(value)
 }
 
@@ -166,10 +169,9 @@ fn content_chunks(upload: &mut Upload) -> impl Stream<Item = Result<Bytes>> + Se
             Poll::Ready(Some(Ok(pb::PutObjectRequest {
                 part: Some(pb::put_object_request::Part::Chunk(bytes)),
             }))) => Poll::Ready(Some(Ok(bytes))),
-            Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(Error::Cancelled(format!(
-                "upload interrupted: {}",
-                status.message()
-            ))))),
+            Poll::Ready(Some(Err(status))) => {
+                Poll::Ready(Some(Err(Error::from_request_stream(&status))))
+            }
             _ => Poll::Ready(None),
         }
     })

@@ -13,20 +13,15 @@ use std::{collections::BTreeSet, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 use quintet::proto::quintet::{
     market::v1 as market_pb, pds::v1 as pds_pb, registry::v1 as registry_pb,
 };
 use serde_json::{Value, json};
-use tokio_stream::StreamExt;
 use tonic::{
     Code, Request, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     transport::Channel,
-};
-use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 use crate::{
@@ -188,88 +183,6 @@ impl Decoder for DynamicDecoder {
             .map(Some)
             .map_err(|e| Status::internal(format!("decode: {e}")))
     }
-}
-
-/// Every method the server serves, as the reflection service describes them.
-pub(crate) async fn served_methods(channel: &Channel) -> Vec<MethodDescriptor> {
-    let client = ServerReflectionClient::new(channel.clone());
-    let ask = |request: MessageRequest| {
-        let mut client = client.clone();
-        async move {
-            let mut answers = client
-                .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
-                    host: String::new(),
-                    message_request: Some(request),
-                }]))
-                .await
-                .unwrap()
-                .into_inner();
-            answers
-                .next()
-                .await
-                .unwrap()
-                .unwrap()
-                .message_response
-                .unwrap()
-        }
-    };
-    let MessageResponse::ListServicesResponse(list) =
-        ask(MessageRequest::ListServices(String::new())).await
-    else {
-        panic!("reflection did not list the services");
-    };
-    let mut files = Vec::new();
-    for service in &list.service {
-        let MessageResponse::FileDescriptorResponse(found) =
-            ask(MessageRequest::FileContainingSymbol(service.name.clone())).await
-        else {
-            panic!("reflection did not describe {}", service.name);
-        };
-        for bytes in found.file_descriptor_proto {
-            files.push(prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap());
-        }
-    }
-    // Reflection answers each file with its dependencies; the pool wants each file once.
-    let mut seen = BTreeSet::new();
-    files.retain(|f| seen.insert(f.name().to_owned()));
-    // Imports reflection leaves out are the well-known types, which every client carries.
-    let sent: BTreeSet<String> = files.iter().map(|f| f.name().to_owned()).collect();
-    let builtin = DescriptorPool::global();
-    for import in files
-        .iter()
-        .flat_map(|f| f.dependency.clone())
-        .collect::<BTreeSet<_>>()
-    {
-        if !sent.contains(&import) {
-            let file = builtin
-                .get_file_by_name(&import)
-                .unwrap_or_else(|| panic!("reflection did not send {import}"));
-            files.insert(0, file.file_descriptor_proto().clone());
-        }
-    }
-    // ...and each file after its imports.
-    let mut pool = DescriptorPool::new();
-    while !files.is_empty() {
-        let ready = files
-            .iter()
-            .position(|f| {
-                f.dependency
-                    .iter()
-                    .all(|d| pool.get_file_by_name(d).is_some())
-            })
-            .expect("reflection's descriptors import a file it did not send");
-        pool.add_file_descriptor_proto(files.remove(ready))
-            .expect("reflection's descriptors form a pool");
-    }
-    list.service
-        .iter()
-        .flat_map(|s| {
-            pool.get_service_by_name(&s.name)
-                .unwrap_or_else(|| panic!("{} is listed but not described", s.name))
-                .methods()
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// Calls `method` with `requests` (proto3 JSON) as `token`'s holder; the code of the answer. A
@@ -1155,14 +1068,18 @@ async fn every_rpc_answers_each_caller_as_the_table_says() {
     for method in ["grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch"] {
         rows.push(public(method, json!({})));
     }
-    let method = "grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
-    rows.push(Row {
-        requests: vec![json!({"list_services": ""})],
-        ..public(method, json!({}))
-    });
+    for method in [
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
+        rows.push(Row {
+            requests: vec![json!({"list_services": ""})],
+            ..public(method, json!({}))
+        });
+    }
 
     // Every served method has a row, and every row a served method.
-    let served = served_methods(&channel).await;
+    let served = crate::reflection::served_methods(&channel).await;
     let served_names: BTreeSet<String> = served
         .iter()
         .map(|m| format!("{}/{}", m.parent_service().full_name(), m.name()))

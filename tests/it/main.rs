@@ -11,6 +11,8 @@ mod market_purchases;
 mod pds;
 mod pds_sync;
 mod pds_vectors;
+mod protocol_fuzz;
+mod reflection;
 mod registry;
 mod secrets;
 mod shared_blocks;
