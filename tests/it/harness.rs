@@ -27,12 +27,36 @@ struct TestCluster {
     /// How a separate process reaches the cluster: a URL without the database name's path.
     url: UrlBase,
     template: String,
-    /// Kept alive for the whole process: its parent-death signal stops it when the tests exit.
+    /// Kept alive for the whole process; [`remove_cluster_at_exit`] stops it and removes its
+    /// directory when the tests exit.
     _embedded: Option<EmbeddedPostgres>,
     _dir: Option<tempfile::TempDir>,
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+/// The embedded cluster's postmaster and directory, for [`remove_cluster_at_exit`].
+static CLUSTER_FILES: OnceLock<(i32, PathBuf)> = OnceLock::new();
+
+/// Statics are never dropped, so the cluster's directory (tens of megabytes) would outlive every
+/// test run: at exit, the postmaster is told to shut down (fast), waited for briefly, and its
+/// directory removed.
+extern "C" fn remove_cluster_at_exit() {
+    let Some((pid, dir)) = CLUSTER_FILES.get() else {
+        return;
+    };
+    // SAFETY: plain syscalls on a child process of ours.
+    unsafe {
+        libc::kill(*pid, libc::SIGINT);
+        for _ in 0..100 {
+            if libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) != 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
 
 fn cluster() -> &'static TestCluster {
     // Set up on a thread of its own with its own runtime: tests each run on their own runtime,
@@ -73,6 +97,13 @@ async fn set_up_cluster() -> TestCluster {
                 .await
                 .expect("the test harness needs the PostgreSQL server binaries (apt-get install postgresql) or DATABASE_URL");
             let socket = UrlBase::Socket(embedded.pgdata().to_owned());
+            if CLUSTER_FILES
+                .set((embedded.pid(), dir.path().to_owned()))
+                .is_ok()
+            {
+                // SAFETY: registers a plain function, once.
+                unsafe { libc::atexit(remove_cluster_at_exit) };
+            }
             (
                 embedded.connect_options_for("postgres"),
                 socket,
