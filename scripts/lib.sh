@@ -61,3 +61,12 @@ ensure_moto() {
     fi
     export PATH="$tools/bin:$PATH"
 }
+
+# A C++ compiler: libfuzzer-sys builds libFuzzer from its C++ sources (scripts/fuzz).
+ensure_cxx() {
+    if command -v c++ >/dev/null || command -v g++ >/dev/null || command -v clang++ >/dev/null; then
+        return
+    fi
+    echo "no C++ compiler found: installing one (apt-get install g++)" >&2
+    apt_install g++
+}
