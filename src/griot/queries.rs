@@ -2,7 +2,7 @@
 //! installed on each node.
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, types::Json};
+use sqlx::{PgConnection, PgExecutor, PgPool, types::Json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -401,23 +401,38 @@ pub async fn release_job<'e>(
     Ok(())
 }
 
-/// Appends log lines, numbering them after the job's last, and notifies followers, all in one
-/// statement (one transaction). Only the job's current worker may write: `None` if it lost the
-/// job. `lines_json` is the lines as followers' notifications carry them, or `None` when too
-/// large for a notification (followers then read the rows).
-pub async fn append_logs<'e>(
-    executor: impl PgExecutor<'e>,
+/// What became of a batch of log lines.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Written now, the first numbered `from`.
+    Now { from: i64 },
+    /// Written by an earlier attempt whose answer was lost (its commit was cut off from us).
+    Before,
+    /// The job is no longer this worker's: nothing may be written.
+    NotHeld,
+}
+
+/// Appends log lines after the job's last and notifies followers, all in one statement (one
+/// transaction). `written` is how many lines the job has as far as its writer knows: the lines
+/// go in only if that is still so, which makes a retried batch idempotent (a batch whose commit
+/// succeeded but whose answer never came would otherwise be appended twice). Only the job's
+/// current worker may write. `lines_json` is the lines as followers' notifications carry them,
+/// or `None` when too large for a notification (followers then read the rows).
+#[allow(clippy::too_many_arguments)]
+pub async fn append_logs(
+    pool: &PgPool,
     job_id: Uuid,
     worker_id: Uuid,
+    written: i64,
     levels: &[&str],
     times: &[OffsetDateTime],
     messages: &[String],
     lines_json: Option<&str>,
-) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar(
+) -> Result<Appended> {
+    let from: Option<i64> = sqlx::query_scalar(
         "WITH bumped AS (
              UPDATE griot.installations SET log_count = log_count + cardinality($3::text[])
-             WHERE job_id = $1 AND worker_id = $2 AND status = 'running'
+             WHERE job_id = $1 AND worker_id = $2 AND status = 'running' AND log_count = $8
              RETURNING log_count - cardinality($3::text[]) AS base),
          inserted AS (
              INSERT INTO griot.installation_logs (job_id, seq, logged_at, level, message)
@@ -435,7 +450,30 @@ pub async fn append_logs<'e>(
     .bind(messages)
     .bind(LOGS_CHANNEL)
     .bind(lines_json)
-    .fetch_optional(executor)
+    .bind(written)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(from) = from {
+        return Ok(Appended::Now { from });
+    }
+    let count = held_log_count(pool, job_id, worker_id).await?;
+    // Only the job's worker writes its lines, one batch at a time: a count that moved on by
+    // exactly this batch is this batch.
+    Ok(match count {
+        Some(count) if count == written + levels.len() as i64 => Appended::Before,
+        _ => Appended::NotHeld,
+    })
+}
+
+/// How many log lines a job has, if `worker_id` still holds it.
+pub async fn held_log_count(pool: &PgPool, job_id: Uuid, worker_id: Uuid) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT log_count FROM griot.installations
+         WHERE job_id = $1 AND worker_id = $2 AND status = 'running'",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .fetch_optional(pool)
     .await?)
 }
 

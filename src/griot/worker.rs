@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::{
     domain::{ArtifactSource, JobOptions, Manifest, PackageId},
-    queries::{self, Installed, JOBS_CHANNEL, JobRow, PackageRow},
+    queries::{self, Appended, Installed, JOBS_CHANNEL, JobRow, PackageRow},
     trust::{self, TrustDecision},
     unpack::{self, UnpackError},
 };
@@ -190,7 +190,7 @@ impl Runner {
     async fn run(&self, job: JobRow, claim: Uuid) {
         let job_id = job.job_id;
         let options: JobOptions = serde_json::from_value(job.options.0.clone()).unwrap_or_default();
-        let log = JobLog::start(self.pool.clone(), job_id, claim);
+        let log = JobLog::start(self.pool.clone(), job_id, claim, job.log_count);
         let stop = CancellationToken::new();
         let done = CancellationToken::new();
         let reason: Arc<Mutex<Option<Stop>>> = Arc::default();
@@ -870,10 +870,11 @@ pub struct JobLog {
 }
 
 impl JobLog {
-    /// Starts the writer of `job_id`'s log for the worker holding it.
-    pub fn start(pool: PgPool, job_id: Uuid, worker_id: Uuid) -> Self {
+    /// Starts the writer of `job_id`'s log for the worker holding it, which has `written` lines
+    /// (from earlier attempts).
+    pub fn start(pool: PgPool, job_id: Uuid, worker_id: Uuid, written: i64) -> Self {
         let (sender, receiver) = mpsc::channel(4 * LOG_BATCH);
-        let writer = tokio::spawn(write_lines(pool, job_id, worker_id, receiver));
+        let writer = tokio::spawn(write_lines(pool, job_id, worker_id, written, receiver));
         JobLog { sender, writer }
     }
 
@@ -919,9 +920,11 @@ async fn write_lines(
     pool: PgPool,
     job_id: Uuid,
     worker_id: Uuid,
+    mut written: i64,
     mut receiver: mpsc::Receiver<Line>,
 ) {
     let mut batch = Vec::with_capacity(LOG_BATCH);
+    let mut unsure = false;
     while let Some(first) = receiver.recv().await {
         batch.push(first);
         while batch.len() < LOG_BATCH {
@@ -938,12 +941,24 @@ async fn write_lines(
             .collect();
         let lines = super::logs::encode_lines(&levels, &times, &messages);
         let lines = (lines.len() <= NOTIFY_LINES_BUDGET).then_some(lines);
+        if unsure {
+            // A batch was given up on: it may have been written after all.
+            match queries::held_log_count(&pool, job_id, worker_id).await {
+                Ok(Some(count)) => {
+                    written = count;
+                    unsure = false;
+                }
+                Ok(None) => return,
+                Err(_) => {}
+            }
+        }
         let mut delay = Duration::from_millis(100);
         loop {
             match queries::append_logs(
                 &pool,
                 job_id,
                 worker_id,
+                written,
                 &levels,
                 &times,
                 &messages,
@@ -951,8 +966,11 @@ async fn write_lines(
             )
             .await
             {
-                Ok(Some(_)) => break,
-                Ok(None) => {
+                Ok(Appended::Now { .. } | Appended::Before) => {
+                    written += batch.len() as i64;
+                    break;
+                }
+                Ok(Appended::NotHeld) => {
                     // The job is no longer this worker's: nothing more may be written.
                     return;
                 }
@@ -963,6 +981,7 @@ async fn write_lines(
                 }
                 Err(error) => {
                     tracing::error!(%error, lines = batch.len(), "log lines lost");
+                    unsure = true;
                     break;
                 }
             }

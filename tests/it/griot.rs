@@ -202,6 +202,21 @@ impl Griot {
             .map(|r| r.into_inner())
     }
 
+    /// A server without workers (jobs stay pending) and one pending job, of a package "p".
+    async fn pending_job() -> (Self, pb::Installation) {
+        let griot = Griot::start_with(|c| c.griot_workers = 0).await;
+        let alice = Author::new(1);
+        let id = griot
+            .publish(
+                &alice,
+                &alice.manifest("p", "1.0.0", &[]),
+                &tarball(&[("p", b"p")]),
+            )
+            .await;
+        let job = griot.install(&id, "node-1", Default::default()).await;
+        (griot, job)
+    }
+
     async fn install(
         &self,
         package_id: &str,
@@ -1488,17 +1503,7 @@ async fn cancelling_stops_a_running_job_promptly_and_cleans_up() {
 
 #[tokio::test]
 async fn a_pending_job_is_cancelled_at_once_and_its_followers_end() {
-    // No workers: jobs stay pending.
-    let griot = Griot::start_with(|c| c.griot_workers = 0).await;
-    let alice = Author::new(1);
-    let id = griot
-        .publish(
-            &alice,
-            &alice.manifest("p", "1.0.0", &[]),
-            &tarball(&[("p", b"p")]),
-        )
-        .await;
-    let job = griot.install(&id, "node-1", Default::default()).await;
+    let (griot, job) = Griot::pending_job().await;
     let follower = {
         let client = griot.client();
         let token = griot.token.clone();
@@ -1549,6 +1554,67 @@ async fn a_pending_job_is_cancelled_at_once_and_its_followers_end() {
         }
         other => panic!("expected the final state, got {other:?}"),
     }
+}
+
+/// A batch of log lines whose commit succeeded but whose answer was lost (a connection cut at
+/// commit, as `quintet-bench crash` saw) is retried: it must not appear twice.
+#[tokio::test]
+async fn a_retried_batch_of_log_lines_is_written_once() {
+    use quintet::griot::queries::{self, Appended};
+    let (griot, job) = Griot::pending_job().await;
+    let pool = quintet::db::connect(griot.server.database.clone(), 2)
+        .await
+        .unwrap();
+    let worker = uuid::Uuid::new_v4();
+    let claimed = queries::claim_job(&pool, worker, 60.0)
+        .await
+        .unwrap()
+        .expect("the pending job");
+    assert_eq!(claimed.job_id.to_string(), job.job_id);
+    let now = time::OffsetDateTime::now_utc();
+    let append = |written: i64, worker: uuid::Uuid, text: &'static str| {
+        let pool = pool.clone();
+        async move {
+            queries::append_logs(
+                &pool,
+                claimed.job_id,
+                worker,
+                written,
+                &["info", "info"],
+                &[now, now],
+                &[format!("{text} 1"), format!("{text} 2")],
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let written = claimed.log_count;
+    assert_eq!(
+        append(written, worker, "first").await,
+        Appended::Now { from: written + 1 }
+    );
+    // The same batch again, as after a lost answer: already there.
+    assert_eq!(append(written, worker, "first").await, Appended::Before);
+    assert_eq!(
+        append(written + 2, worker, "second").await,
+        Appended::Now { from: written + 3 }
+    );
+    // Another worker, or a stale count that is not this batch's, writes nothing.
+    assert_eq!(
+        append(written + 4, uuid::Uuid::new_v4(), "intruder").await,
+        Appended::NotHeld
+    );
+    assert_eq!(append(written, worker, "stale").await, Appended::NotHeld);
+
+    let messages: Vec<String> = sqlx::query_scalar(
+        "SELECT message FROM griot.installation_logs WHERE job_id = $1 ORDER BY seq",
+    )
+    .bind(claimed.job_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(messages, ["first 1", "first 2", "second 1", "second 2"]);
 }
 
 #[tokio::test]

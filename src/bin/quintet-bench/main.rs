@@ -1345,7 +1345,7 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
         .package
         .expect("a package");
     let worker_id = uuid::Uuid::new_v4();
-    let mut claim = async |target: &str| -> anyhow::Result<uuid::Uuid> {
+    let mut claim = async |target: &str| -> anyhow::Result<(uuid::Uuid, i64)> {
         let job = client
             .create_installation(with(
                 pb::CreateInstallationRequest {
@@ -1370,12 +1370,12 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
             claimed.job_id.to_string() == job.job_id,
             "claimed another job"
         );
-        Ok(claimed.job_id)
+        Ok((claimed.job_id, claimed.log_count))
     };
 
     // 1. Throughput of one job's log.
-    let job = claim("bench-throughput").await?;
-    let log = JobLog::start(pool.clone(), job, worker_id);
+    let (job, written) = claim("bench-throughput").await?;
+    let log = JobLog::start(pool.clone(), job, worker_id, written);
     let started = Instant::now();
     for i in 0..args.lines {
         log.info(&format!("line {i} of the throughput run")).await;
@@ -1401,8 +1401,8 @@ async fn griot_logs_bench(args: GriotLogsArgs) -> anyhow::Result<()> {
     queries::finish_job(&pool, job, worker_id, "completed", "bench").await?;
 
     // 2. Many followers of one job.
-    let job = claim("bench-followers").await?;
-    let log = JobLog::start(pool.clone(), job, worker_id);
+    let (job, written) = claim("bench-followers").await?;
+    let log = JobLog::start(pool.clone(), job, worker_id, written);
     log.info("warm-up").await;
     let mut followers = Vec::new();
     for i in 0..args.followers {
