@@ -168,14 +168,22 @@ pub const STALL: Duration = Duration::from_secs(30);
 /// Messages a follower buffers; one more slot is kept for the status that disconnects it.
 const FOLLOW_BUFFER: usize = 64;
 
+/// What a follower's task sends its server stream.
+pub type FollowerSender<T> = tokio::sync::mpsc::Sender<std::result::Result<T, tonic::Status>>;
+
+/// The channel between a follower's task and its server stream, for [`send_or_disconnect`].
+pub fn follower_channel<T>() -> (
+    FollowerSender<T>,
+    tokio::sync::mpsc::Receiver<std::result::Result<T, tonic::Status>>,
+) {
+    tokio::sync::mpsc::channel(FOLLOW_BUFFER + 1)
+}
+
 /// Sends `message` unless the receiver keeps its buffer full for `stall`: then the slot kept
 /// free carries RESOURCE_EXHAUSTED and the follower ends (false), so one slow consumer holds no
-/// more than its own buffer and learns why when it reads again.
-async fn send_or_disconnect<T>(
-    tx: &tokio::sync::mpsc::Sender<std::result::Result<T, tonic::Status>>,
-    message: T,
-    stall: Duration,
-) -> bool {
+/// more than its own buffer and learns why when it reads again. `tx` is one of
+/// [`follower_channel`]'s, with one producer.
+pub async fn send_or_disconnect<T>(tx: &FollowerSender<T>, message: T, stall: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + stall;
     loop {
         // One producer: free capacity only grows between this check and the send.
@@ -218,7 +226,7 @@ where
     const BATCH: i64 = 500;
     // Subscribe before the first read: whatever commits after that read wakes us.
     let mut wakeups = notifier.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel(FOLLOW_BUFFER + 1);
+    let (tx, rx) = follower_channel();
     tokio::spawn(async move {
         loop {
             let rows = match fetch(cursor, BATCH).await {

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -22,7 +21,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    notify::{Notification, Notifier},
+    notify::{self, Notification, Notifier},
     proto::quintet::griot::v1 as pb,
 };
 
@@ -119,7 +118,7 @@ pub fn stream(
 ) -> ReceiverStream<std::result::Result<pb::StreamInstallationLogsResponse, Status>> {
     // Subscribed before the first read: whatever commits after it wakes us.
     let mut wakeups = notifier.subscribe();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = notify::follower_channel();
     tokio::spawn(async move {
         let job_text = job_id.to_string();
         let mut cursor = from_seq.max(1) - 1;
@@ -137,7 +136,8 @@ pub fn stream(
                     }
                     for row in rows {
                         cursor = row.seq;
-                        if tx.send(Ok(line_message(row))).await.is_err() {
+                        if !notify::send_or_disconnect(&tx, line_message(row), notify::STALL).await
+                        {
                             return Ok(());
                         }
                     }
@@ -172,7 +172,13 @@ pub fn stream(
                                 Step::Lines(rows) => {
                                     for row in rows {
                                         cursor = row.seq;
-                                        if tx.send(Ok(line_message(row))).await.is_err() {
+                                        if !notify::send_or_disconnect(
+                                            &tx,
+                                            line_message(row),
+                                            notify::STALL,
+                                        )
+                                        .await
+                                        {
                                             return Ok(());
                                         }
                                     }
