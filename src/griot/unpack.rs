@@ -10,7 +10,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufReader, Read},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Component, Path, PathBuf},
 };
 
@@ -179,6 +179,15 @@ pub fn unpack(
     }
 }
 
+/// Directories are made `rwxr-xr-x` like the files' modes are fixed, whatever the archive says:
+/// the process's umask can only take bits away (a lax one must not make a package's directories
+/// writable by its group or others).
+fn directory(recursive: bool) -> fs::DirBuilder {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(recursive).mode(0o755);
+    builder
+}
+
 fn unpack_capped(
     archive: &Path,
     root: &Path,
@@ -186,7 +195,7 @@ fn unpack_capped(
     cancelled: &dyn Fn() -> bool,
     hit: &std::cell::Cell<CapHit>,
 ) -> Result<Unpacked, UnpackError> {
-    fs::create_dir(root)?;
+    directory(false).create(root)?;
     let file = File::open(archive)?;
     let gzip = flate2::read::GzDecoder::new(BufReader::with_capacity(256 * 1024, file));
     // Room for every entry's header and a long name on top of the files' bytes.
@@ -231,13 +240,13 @@ fn unpack_capped(
         check_ancestors(root, &relative)?;
         let target = root.join(&relative);
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)?;
+            directory(true).create(parent)?;
         }
         if kind.is_dir() {
             match fs::symlink_metadata(&target) {
                 Ok(meta) if meta.file_type().is_dir() => {}
                 Ok(_) => return Err(unsafe_entry(&relative, "duplicate path")),
-                Err(_) => fs::create_dir(&target)?,
+                Err(_) => directory(false).create(&target)?,
             }
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
             let remaining = limits.max_bytes - done.bytes;
@@ -422,6 +431,34 @@ mod tests {
         let root = dir.path().join("root");
         assert_eq!(fs::read(root.join("package/bin/run")).unwrap(), b"hello");
         assert_eq!(fs::read(root.join("package/copy.js")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn directories_are_rwxr_xr_x_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        // A lax umask (group-writable) for this test only: the process-wide setting can only
+        // loosen modes that other tests do not check.
+        // SAFETY: umask is a plain syscall.
+        let previous = unsafe { libc::umask(0o002) };
+        let (dir, result) = run(
+            &[
+                Item::Dir("package/"),
+                Item::File("package/deep/er/index.js", b"hello"),
+            ],
+            LIMITS,
+        );
+        unsafe { libc::umask(previous) };
+        result.unwrap();
+        let root = dir.path().join("root");
+        for path in ["", "package", "package/deep", "package/deep/er"] {
+            let mode = fs::metadata(root.join(path)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o755, "{path:?}: {mode:o}");
+        }
+        let mode = fs::metadata(root.join("package/deep/er/index.js"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 
     #[test]
