@@ -48,6 +48,10 @@ pub struct Checked {
     pub blob_links: Vec<(String, Vec<String>)>,
 }
 
+/// How far ahead of this server's clock an imported revision may be (clock skew between the
+/// servers an account moves between).
+const MAX_REV_AHEAD_MICROS: u64 = 5 * 60 * 1_000_000;
+
 /// Checks `file` as `did`'s repository signed by `key`, then replaces the stored repository with
 /// it in one transaction.
 pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> Result<Imported> {
@@ -59,6 +63,8 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
         records,
         blob_links,
     } = check(did, key, file)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+    check_rev_not_ahead(&rev, u64::try_from(now).unwrap_or(0))?;
     let mut tx = pool.begin().await?;
     queries::lock_repo(&mut tx, did)
         .await?
@@ -89,6 +95,19 @@ pub async fn import(pool: &PgPool, did: &str, key: &PublicKey, file: &[u8]) -> R
         records: records.len(),
         blocks: keep.len(),
     })
+}
+
+/// Refuses a revision from the future: every later commit of the repository must have a higher
+/// one, so they would all carry that future time, and relays drop commits from the future.
+fn check_rev_not_ahead(rev: &str, now_micros: u64) -> Result<()> {
+    let micros = syntax::decode_tid(rev).map_or(0, |value| value >> 10);
+    if micros > now_micros.saturating_add(MAX_REV_AHEAD_MICROS) {
+        return Err(refuse(
+            "INVALID_COMMIT",
+            format!("the commit's rev {rev} is from the future (more than 5 minutes ahead)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Every check of [`import`], without the database: the file's blocks against their CIDs, the
@@ -269,6 +288,17 @@ mod tests {
             checked.records,
             [("com.example.post".into(), "a".into(), record.0.to_string())]
         );
+    }
+
+    #[test]
+    fn a_revision_from_the_future_is_refused() {
+        let now = 1_800_000_000_000_000u64;
+        let at = |micros: u64| syntax::encode_tid(micros << 10);
+        assert!(check_rev_not_ahead(&at(now), now).is_ok());
+        assert!(check_rev_not_ahead(&at(now + MAX_REV_AHEAD_MICROS), now).is_ok());
+        let error = check_rev_not_ahead(&at(now + MAX_REV_AHEAD_MICROS + 1), now).unwrap_err();
+        assert_eq!(error.reason(), "INVALID_COMMIT");
+        assert!(check_rev_not_ahead("bzzzzzzzzzzzz", now).is_err());
     }
 
     #[test]
