@@ -151,7 +151,7 @@ pub fn stream(
                             convert::installation(job, Vec::new()),
                         )),
                     };
-                    let _ = tx.send(Ok(finished)).await;
+                    notify::send_or_disconnect(&tx, finished, notify::STALL).await;
                     return Ok(());
                 }
                 // Live: take lines from notifications until one needs a read.
