@@ -1501,7 +1501,6 @@ async fn setup(
     // here, and needs an OpenID provider), buyers with a proven Sui address.
     let market = MarketServiceClient::new(channel.clone());
     for (i, seller) in (0..writers * 2 + 1).map(|i| (i, i < writers)) {
-        let token = quintet::auth::generate_token("qmkt_");
         let salt = Sha256::of(format!("{run}-{i}").as_bytes()).to_hex();
         let user: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO market.users (google_id, email, name, salt)
@@ -1513,15 +1512,7 @@ async fn setup(
         .bind(salt)
         .fetch_one(pool)
         .await?;
-        sqlx::query(
-            "INSERT INTO market.sessions (token_sha256, user_id, expires_at)
-             VALUES ($1, $2, now() + interval '1 day')",
-        )
-        .bind(&token.digest().as_bytes()[..])
-        .bind(user)
-        .execute(pool)
-        .await?;
-        let session = token.expose().to_owned();
+        let session = crate::insert_market_session(pool, user).await?;
         if seller {
             shared.market.lock().unwrap().sellers.push(session);
             continue;

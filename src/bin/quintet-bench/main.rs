@@ -463,6 +463,18 @@ fn market_search(rng: &mut Rng) -> market_pb::SearchDatapodsRequest {
     }
 }
 
+/// A day-long market session for `user`, made in the database (sign-in needs an identity
+/// provider); its token.
+pub(crate) async fn insert_market_session<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user: uuid::Uuid,
+) -> anyhow::Result<String> {
+    let token = quintet::auth::generate_token("qmkt_");
+    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    quintet::market::queries::create_session(executor, &token.digest(), user, expires_at).await?;
+    Ok(token.expose().to_owned())
+}
+
 pub(crate) fn auth<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
@@ -967,13 +979,8 @@ async fn market_upload(
     )
     .fetch_one(&pool)
     .await?;
-    sqlx::query(
-        "INSERT INTO market.sessions (token_sha256, user_id, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
-    )
-    .bind(&token.digest().as_bytes()[..])
-    .bind(user)
-    .execute(&pool)
-    .await?;
+    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    quintet::market::queries::create_session(&pool, &token.digest(), user, expires_at).await?;
     pool.close().await;
 
     let channel = Channel::from_shared(target.to_owned())?

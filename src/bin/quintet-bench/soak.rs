@@ -1408,7 +1408,6 @@ async fn market_sessions(database_url: &str, run: &str, n: usize) -> anyhow::Res
     let mut tx = pool.begin().await?;
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
-        let token = quintet::auth::generate_token("qmkt_");
         let user: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO market.users (google_id, email, name, salt)
              VALUES ($1, $1 || '@soak.test', 'Soak client ' || $2, md5($1) || md5($1 || 'x'))
@@ -1418,15 +1417,7 @@ async fn market_sessions(database_url: &str, run: &str, n: usize) -> anyhow::Res
         .bind(i as i64)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO market.sessions (token_sha256, user_id, expires_at)
-             VALUES ($1, $2, now() + interval '1 day')",
-        )
-        .bind(&token.digest().as_bytes()[..])
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-        tokens.push(token.expose().to_owned());
+        tokens.push(crate::insert_market_session(&mut *tx, user).await?);
     }
     tx.commit().await?;
     pool.close().await;
